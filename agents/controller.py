@@ -1,0 +1,43 @@
+"""The controller protocol: what chooses the speculation length k at every engine step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from agents.features import Observation
+from agents.records import StepRecord
+
+
+class Decision(NamedTuple):
+    """A controller's choice for the next engine step."""
+
+    k: int
+    """The speculation length for every request without an override."""
+    per_request: Mapping[str, int] | None = None
+    """Optional overrides: request id to its own k."""
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """Chooses k for the next engine step from what recent steps did.
+
+    The engine calls `decide` before every step and `observe` after it, in that order, so a
+    controller sees every StepRecord exactly once. Implementations are pure Python/numpy:
+    they run inside vLLM's scheduler loop and must not import vLLM or torch.
+    """
+
+    name: str
+    """A short label for logs, metrics and evaluation tables."""
+
+    def reset(self) -> None:
+        """Forget all history, e.g. at the start of an episode or after an engine restart."""
+        ...
+
+    def decide(self, obs: Observation) -> Decision:
+        """Choose k (0..k_max) for the next engine step, optionally per request."""
+        ...
+
+    def observe(self, record: StepRecord) -> None:
+        """Take in what the step just run did (acceptance, timing, finished requests)."""
+        ...

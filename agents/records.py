@@ -1,0 +1,123 @@
+"""What one engine step did, as plain data: the contract between the engine and controllers.
+
+The scheduler hook in `serving/` fills these in; the feature builder, the reward and the
+controllers in `agents/` read them. Nothing here knows about vLLM.
+
+Times are seconds on the engine's clock: wall time (`time.time()`, the clock vLLM stamps
+arrivals with) when serving, the environment's virtual clock when replaying a trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStep:
+    """One scheduled request's part in one engine step."""
+
+    request_id: str
+    k: int
+    """The speculation length this request was allowed in this step."""
+    drafted: int
+    """Draft tokens verified for it in this step (at most `k`)."""
+    accepted: int
+    """Of those, how many the target model accepted."""
+    generated: int
+    """Tokens appended to its output by this step: accepted + 1, or 0 while it prefills."""
+    prefill_tokens: int
+    """Prompt tokens it computed in this step (0 once it decodes)."""
+    output_tokens: int
+    """Its output length after this step."""
+    first_token_at: float | None
+    """When its first output token came out, or None if none has yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRequest:
+    """A request that completed in this step, with its latency record."""
+
+    request_id: str
+    arrival_at: float
+    first_token_at: float
+    finished_at: float
+    prompt_tokens: int
+    output_tokens: int
+
+    @property
+    def ttft(self) -> float:
+        """Time to first token, in seconds."""
+        return self.first_token_at - self.arrival_at
+
+    @property
+    def tpot(self) -> float:
+        """Mean time per output token after the first, in seconds (0 for one-token outputs)."""
+        if self.output_tokens <= 1:
+            return 0.0
+        return (self.finished_at - self.first_token_at) / (self.output_tokens - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """Everything one engine step did, from scheduling to the model's output."""
+
+    step: int
+    """Index of the step since the engine started."""
+    started_at: float
+    """Clock time when scheduling began."""
+    step_time: float
+    """Wall seconds from the start of scheduling to the end of the scheduler's output update."""
+    k: int
+    """The global speculation length used for this step's verification."""
+    draft_budget: int
+    """Draft tokens per request proposed during this step, verified by the next one."""
+    batch_size: int
+    """Requests scheduled in this step (decoding and prefilling)."""
+    num_running: int
+    """Requests holding a running slot after scheduling."""
+    num_waiting: int
+    """Queue depth: requests waiting for a running slot after scheduling."""
+    num_arrived: int
+    """Requests added to the engine since the previous step."""
+    decode_tokens: int
+    """One token per decoding request: the token each verifies or samples from."""
+    spec_tokens: int
+    """Draft tokens verified in this step, summed over requests."""
+    prefill_tokens: int
+    """Prompt tokens computed in this step, summed over requests."""
+    prefill_tokens_waiting: int
+    """Prompt tokens not yet computed, over waiting and partly prefilled requests."""
+    oldest_waiting_arrival: float | None
+    """Arrival time of the longest-waiting queued request, or None if the queue is empty."""
+    kv_cache_usage: float
+    """Fraction of the KV cache in use after the step, 0..1."""
+    requests: tuple[RequestStep, ...]
+    """Per scheduled request: its k, drafted, accepted and generated tokens."""
+    finished: tuple[FinishedRequest, ...]
+    """Requests that completed in this step."""
+
+    @property
+    def finished_at(self) -> float:
+        """Clock time when the step's output was ready."""
+        return self.started_at + self.step_time
+
+    @property
+    def drafted(self) -> int:
+        """Draft tokens verified in this step over all requests."""
+        return sum(r.drafted for r in self.requests)
+
+    @property
+    def accepted(self) -> int:
+        """Draft tokens accepted in this step over all requests."""
+        return sum(r.accepted for r in self.requests)
+
+    @property
+    def generated(self) -> int:
+        """Output tokens produced by this step over all requests."""
+        return sum(r.generated for r in self.requests)
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted over drafted tokens, or None when nothing was drafted."""
+        drafted = self.drafted
+        return self.accepted / drafted if drafted else None

@@ -1,0 +1,68 @@
+"""What an episode of `SpecDecode-v0` replays, on which engine, against which SLOs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from envs.ledger import SLO
+from envs.reward import RewardWeights
+from envs.traces.prompts import DEFAULT_WEIGHTS
+from serving.config import EngineConfig
+
+DEFAULT_TRACE = "synthetic:bursty?rate=6&cv=3&duration=600&input_mean=160&output_mean=64&seed=0"
+"""A built-in trace: ten minutes of bursty arrivals (gamma gaps, CV 3) at 6 requests/s."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Options of the environment; every field has a default that runs on the CPU model."""
+
+    trace: str = DEFAULT_TRACE
+    """A trace file (Azure/BurstGPT CSV, Mooncake JSONL) or a `synthetic:` spec."""
+    trace_format: str | None = None
+    """The trace's format (azure, burstgpt, mooncake), or None to detect it."""
+    window_s: float = 20.0
+    """Seconds of trace time per episode (before rate scaling)."""
+    window_start_s: float | None = None
+    """Where episodes start in the trace; None draws a start per episode from the seed."""
+    rate_scale: float = 1.0
+    """Speed-up of arrivals (2 replays the window twice as fast)."""
+    length_scale: float = 1.0
+    """Factor on every request's input and output length, before clipping."""
+    max_input_tokens: int = 384
+    """Prompt lengths are clipped to this (traces carry prompts far longer than the model)."""
+    max_output_tokens: int = 128
+    """Output lengths are clipped to this."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """The engine to build (ignored when an engine is passed in)."""
+    slo: SLO = field(default_factory=SLO)
+    """Latency targets."""
+    reward: RewardWeights = field(default_factory=RewardWeights)
+    """The reward's constants."""
+    max_steps: int = 5000
+    """Engine steps after which an episode is truncated."""
+    prompt_styles: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    """Mix of prompt styles (source, shuffled, random): sets how predictable requests are."""
+    temperatures: tuple[float, ...] = (0.0,)
+    """Sampling temperatures drawn uniformly per request (above 0 lowers acceptance)."""
+    feature_window: int = 8
+    """Steps of acceptance history in the observation."""
+
+    def __post_init__(self) -> None:
+        if not self.window_s > 0:
+            raise ValueError(f"window_s={self.window_s} must be > 0")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps={self.max_steps} must be >= 1")
+        longest = self.max_input_tokens + self.max_output_tokens
+        if longest > self.engine.max_model_len:
+            raise ValueError(
+                f"max_input_tokens + max_output_tokens = {longest} exceeds the engine's "
+                f"max_model_len={self.engine.max_model_len}"
+            )
+        if not self.temperatures or any(not 0 <= t <= 2 for t in self.temperatures):
+            raise ValueError(f"temperatures={self.temperatures} must be values in 0..2")
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able record of every option."""
+        return asdict(self)

@@ -1,0 +1,83 @@
+"""Shared fixtures: one live engine per speculation method for the whole session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+from envs.traces import PromptFactory
+from serving.config import LM_DIR, EngineConfig
+
+METHODS = ("ngram", "draft_model")
+TEST_ENGINE = {"k_max": 4, "max_num_seqs": 8, "max_num_batched_tokens": 1024, "max_model_len": 512}
+
+
+class SpecStatsRecorder:
+    """A vLLM stat logger that keeps vLLM's own SpecDecodingStats of every step."""
+
+    def __init__(self) -> None:
+        self.steps: list = []
+
+    def factory(self, vllm_config, engine_index: int = 0):
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        recorder = self
+
+        class _Logger(StatLoggerBase):
+            def __init__(self, *args, **kwargs) -> None:
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+                if scheduler_stats is not None:
+                    recorder.steps.append(scheduler_stats.spec_decoding_stats)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return _Logger()
+
+
+@pytest.fixture(scope="session")
+def prompt_factory() -> PromptFactory:
+    """Prompts of exact token length from the stdlib corpus the models were trained on."""
+    return PromptFactory(LM_DIR / "target", seed=0)
+
+
+@pytest.fixture(scope="session")
+def _engines() -> Iterator[dict]:
+    from serving.live_engine import LiveEngine
+
+    built: dict = {}
+
+    def get(method: str):
+        if method not in built:
+            recorder = SpecStatsRecorder()
+            engine = LiveEngine(
+                EngineConfig(method=method, **TEST_ENGINE), stat_loggers=[recorder.factory]
+            )
+            built[method] = (engine, recorder)
+        return built[method]
+
+    yield get
+    for engine, _ in built.values():
+        engine.close()
+
+
+@pytest.fixture(params=METHODS)
+def engine_and_stats(request, _engines):
+    """A live engine (ngram, then draft_model) with vLLM's stats; reset after each test."""
+    engine, recorder = _engines(request.param)
+    engine.reset()
+    recorder.steps.clear()
+    yield engine, recorder
+    engine.reset()
+
+
+@pytest.fixture
+def engine(engine_and_stats):
+    """A live engine per speculation method, clean at the start of the test."""
+    return engine_and_stats[0]
