@@ -7,6 +7,7 @@ from typing import Any
 
 from envs.ledger import SLO
 from envs.reward import RewardWeights
+from envs.traces import ReplayOptions
 from envs.traces.prompts import DEFAULT_WEIGHTS
 from serving.config import EngineConfig
 
@@ -62,6 +63,17 @@ class EnvConfig:
             )
         if not self.temperatures or any(not 0 <= t <= 2 for t in self.temperatures):
             raise ValueError(f"temperatures={self.temperatures} must be values in 0..2")
+
+    def replay_options(self, window_start_s: float) -> ReplayOptions:
+        """How to cut this config's window out of the trace, starting at window_start_s."""
+        return ReplayOptions(
+            window_start_s=window_start_s,
+            window_s=self.window_s,
+            rate_scale=self.rate_scale,
+            length_scale=self.length_scale,
+            max_input_tokens=self.max_input_tokens,
+            max_output_tokens=self.max_output_tokens,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able record of every option."""

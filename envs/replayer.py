@@ -1,0 +1,97 @@
+"""Replays a trace window through a live engine on a virtual clock.
+
+Shared by the Gymnasium environment (the action is k) and the evaluation (a controller in
+the scheduler hook picks k, as in serving), so both replay requests the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from agents.records import StepRecord
+from envs.ledger import SLO, RequestLedger, Violations
+from envs.traces import PromptFactory, Trace
+from serving.live_engine import LiveEngine
+
+
+class WorkloadReplayer:
+    """Feeds a workload's requests to an engine as their arrival times pass.
+
+    The clock advances by each engine step's measured time and jumps to the next arrival
+    whenever the engine is idle; arrivals, step starts and token times are all stamped with
+    it (it becomes the engine's clock).
+    """
+
+    def __init__(
+        self,
+        engine: LiveEngine,
+        prompts: PromptFactory,
+        slo: SLO,
+        temperatures: Sequence[float] = (0.0,),
+    ) -> None:
+        self.engine = engine
+        self.prompts = prompts
+        self.slo = slo
+        self.temperatures = tuple(temperatures)
+        self.ledger = RequestLedger(slo)
+        self.now = 0.0
+        self.steps = 0
+        self._requests: tuple = ()
+        self._next = 0
+        self._rng = np.random.default_rng(0)
+        engine.clock = self._clock
+
+    def start(self, workload: Trace, rng: np.random.Generator) -> None:
+        """Clear the engine and begin `workload`; prompts and temperatures are drawn from rng."""
+        if not len(workload):
+            raise ValueError(f"workload {workload.name} has no requests")
+        self.engine.clock = self._clock
+        self.engine.reset()
+        self.ledger = RequestLedger(self.slo)
+        self._requests = workload.requests
+        self._next = 0
+        self._rng = rng
+        self.steps = 0
+        self.now = self._requests[0].arrival_s
+        self._admit()
+
+    @property
+    def finished(self) -> bool:
+        """Every request has arrived and finished."""
+        return self._next == len(self._requests) and not self.engine.has_unfinished()
+
+    def step(
+        self, k: int | None = None, per_request: Mapping[str, int] | None = None
+    ) -> tuple[StepRecord, Violations]:
+        """One engine step (k None: the engine's controller decides); then admit arrivals."""
+        record = self.engine.step(k, per_request)
+        self.steps += 1
+        self.now = record.finished_at
+        violations = self.ledger.record(record)
+        self._admit()
+        return record, violations
+
+    def _clock(self) -> float:
+        return self.now
+
+    def _admit(self) -> None:
+        requests = self._requests
+        if not self.engine.has_unfinished() and self._next < len(requests):
+            self.now = max(self.now, requests[self._next].arrival_s)
+        while self._next < len(requests) and requests[self._next].arrival_s <= self.now:
+            request = requests[self._next]
+            rid = f"req-{self._next}"
+            prompt = self.prompts.make(request.input_tokens, rng=self._rng)
+            temperature = self.temperatures[int(self._rng.integers(len(self.temperatures)))]
+            self.engine.add_request(
+                rid,
+                prompt.token_ids,
+                request.output_tokens,
+                arrival_time=request.arrival_s,
+                temperature=temperature,
+                seed=int(self._rng.integers(2**31)) if temperature > 0 else None,
+            )
+            self.ledger.arrive(rid, request.arrival_s, request.output_tokens)
+            self._next += 1

@@ -1,0 +1,97 @@
+"""`SpecDecode-v0` on the live engine: checkers, full episodes, bad input."""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs  # noqa: F401  (registers SpecDecode-v0)
+from agents.features import feature_names
+from envs.config import EnvConfig
+from envs.spec_decode_env import SpecDecodeEnv
+from envs.traces import ReplayOptions, apply_replay, load_trace
+
+SHORT_TRACE = "synthetic:poisson?rate=8&duration=3&input_mean=48&output_mean=24&seed=1"
+
+
+def make_env(engine, **fields) -> SpecDecodeEnv:
+    """The registered environment (unwrapped, with its spec) on the session's engine."""
+    fields = {"trace": SHORT_TRACE, "window_s": 3.0, "window_start_s": 0.0} | fields
+    config = EnvConfig(engine=engine.config, **fields)
+    return gymnasium.make("SpecDecode-v0", config=config, engine=engine).unwrapped
+
+
+def test_gymnasium_and_sb3_checkers_pass(engine):
+    env = make_env(engine, max_steps=40)
+    # The close check would rebuild the environment from its spec (a second engine); closing
+    # is tested on its own below.
+    gym_check_env(env, skip_render_check=True, skip_close_check=True)
+    sb3_check_env(env, warn=True)
+
+
+def test_registered_and_made_through_gymnasium(engine):
+    env = make_env(engine)
+    assert isinstance(env, SpecDecodeEnv)
+    assert env.spec.id == "SpecDecode-v0" and env.spec.nondeterministic
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32 and obs.shape == (len(feature_names()),)
+    assert env.action_space.n == engine.k_max + 1
+
+
+def test_an_episode_finishes_every_request_and_reset_clears_the_engine(engine):
+    env = make_env(engine)
+    workload = apply_replay(
+        load_trace(SHORT_TRACE),
+        ReplayOptions(window_s=3.0, max_input_tokens=384, max_output_tokens=128),
+    )
+    obs, info = env.reset(seed=3)
+    assert info["requests"] == len(workload) > 5
+    rng = np.random.default_rng(0)
+    rewards, steps, terminated, truncated = [], 0, False, False
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+        assert env.observation_space.contains(obs)
+        rewards.append(reward)
+        steps += 1
+    assert terminated and not truncated
+    metrics = info["episode_metrics"]
+    assert metrics["requests_finished"] == len(workload)
+    assert metrics["tokens_generated"] == sum(r.output_tokens for r in workload.requests)
+    assert 0.0 <= metrics["slo_attainment"] <= 1.0
+    assert metrics["goodput_tps"] > 0
+    assert 0 <= metrics["mean_k"] <= engine.k_max
+    assert all(np.isfinite(rewards))
+    assert not engine.has_unfinished()
+
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(0)
+
+    # A truncated episode leaves requests in the engine; reset clears them.
+    short = make_env(engine, max_steps=3)
+    short.reset(seed=0)
+    for _ in range(3):
+        *_, truncated, info = short.step(1)
+    assert truncated and "episode_metrics" in info
+    assert engine.has_unfinished()
+    short.reset(seed=0)
+    assert engine.num_unfinished == short.replayer.ledger.num_open
+
+
+def test_bad_action_is_rejected(engine):
+    env = make_env(engine)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"action 9 is outside Discrete\(5\)"):
+        env.step(9)
+    with pytest.raises(ValueError, match="action -1"):
+        env.step(-1)
+    env.step(2)
+
+
+def test_bad_env_config():
+    with pytest.raises(ValueError, match="max_input_tokens \\+ max_output_tokens = 2048 exceeds"):
+        EnvConfig(max_input_tokens=1024, max_output_tokens=1024)
+    with pytest.raises(ValueError, match="window_s=0"):
+        EnvConfig(window_s=0)

@@ -1,0 +1,115 @@
+"""The reward formula and the SLO ledger on hand-made StepRecords (exact values)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agents.records import FinishedRequest, RequestStep, StepRecord
+from envs.ledger import SLO, RequestLedger, Violations
+from envs.reward import RewardWeights, step_reward
+
+
+def req(rid, generated=1, output_tokens=1, first=None, drafted=0, accepted=0, k=2):
+    return RequestStep(
+        request_id=rid,
+        k=k,
+        drafted=drafted,
+        accepted=accepted,
+        generated=generated,
+        prefill_tokens=0,
+        output_tokens=output_tokens,
+        first_token_at=first,
+    )
+
+
+def step(started, seconds, requests=(), finished=(), k=2):
+    return StepRecord(
+        step=0,
+        started_at=started,
+        step_time=seconds,
+        k=k,
+        draft_budget=k,
+        batch_size=len(requests),
+        num_running=len(requests),
+        num_waiting=0,
+        num_arrived=0,
+        decode_tokens=len(requests),
+        spec_tokens=sum(r.drafted for r in requests),
+        prefill_tokens=0,
+        prefill_tokens_waiting=0,
+        oldest_waiting_arrival=None,
+        kv_cache_usage=0.1,
+        requests=tuple(requests),
+        finished=tuple(finished),
+    )
+
+
+def test_reward_is_goodput_above_reference_minus_violation_costs():
+    weights = RewardWeights(
+        reference_tps=1000, ttft_violation_tokens=50, tpot_violation_tokens=20, token_scale=10
+    )
+    record = step(0.0, 0.02, [req("a", generated=3), req("b", generated=5)])
+    # (8 tokens - 1000 tok/s * 0.02 s) / 10 = -1.2
+    assert step_reward(record, Violations(), weights) == pytest.approx(-1.2)
+    # minus (50 * 1 + 20 * 2) / 10 = 9
+    assert step_reward(record, Violations(ttft=1, tpot=2), weights) == pytest.approx(-10.2)
+    fast = step(0.0, 0.004, [req("a", generated=3), req("b", generated=5)])
+    assert step_reward(fast, Violations(), weights) == pytest.approx(0.4)
+
+
+def test_reward_weights_are_checked():
+    with pytest.raises(ValueError, match="reward weight reference_tps=-1"):
+        RewardWeights(reference_tps=-1)
+    with pytest.raises(ValueError, match="token_scale=0 must be > 0"):
+        RewardWeights(token_scale=0)
+    with pytest.raises(ValueError, match="SLO ttft_s=0"):
+        SLO(ttft_s=0)
+
+
+def test_ttft_violation_is_counted_once_in_the_step_that_crosses_the_deadline():
+    ledger = RequestLedger(SLO(ttft_s=1.0, tpot_s=0.1))
+    ledger.arrive("late", arrival=0.0, output_tokens=3)
+    ledger.arrive("soon", arrival=0.5, output_tokens=3)
+    assert ledger.record(step(0.0, 0.9)) == Violations(0, 0)
+    # The step ending at 1.2 crosses late's deadline (1.0) but not soon's (1.5).
+    assert ledger.record(step(0.9, 0.3)) == Violations(ttft=1)
+    # soon gets its first token at 1.4, before its deadline: no violation.
+    assert ledger.record(step(1.2, 0.2, [req("soon", first=1.4)])) == Violations(0, 0)
+    assert ledger.record(step(1.4, 0.5, [req("late", first=1.9)])) == Violations(0, 0)
+
+
+def test_tpot_violation_when_time_per_token_so_far_crosses_the_slo():
+    ledger = RequestLedger(SLO(ttft_s=10.0, tpot_s=0.1))
+    ledger.arrive("a", arrival=0.0, output_tokens=10)
+    # 3 tokens by t=0.2 after the first at 0.0: 0.1 s per token, not over.
+    assert ledger.record(step(0.1, 0.1, [req("a", output_tokens=3, first=0.0)])) == Violations()
+    # 4 tokens by t=0.5: 0.5 / 3 = 0.167 > 0.1.
+    assert ledger.record(step(0.2, 0.3, [req("a", output_tokens=4, first=0.0)])).tpot == 1
+    # Already counted: no second penalty.
+    assert ledger.record(step(0.5, 0.5, [req("a", output_tokens=5, first=0.0)])).tpot == 0
+
+
+def test_episode_metrics():
+    ledger = RequestLedger(SLO(ttft_s=1.0, tpot_s=0.1))
+    ledger.arrive("ok", arrival=0.0, output_tokens=3)
+    ledger.arrive("slow", arrival=0.0, output_tokens=2)
+    ok = FinishedRequest("ok", 0.0, 0.5, 0.7, prompt_tokens=4, output_tokens=3)
+    slow = FinishedRequest("slow", 0.0, 1.5, 2.0, prompt_tokens=4, output_tokens=2)
+    ledger.record(step(0.0, 0.5, [req("ok", 1, 1, 0.5), req("slow", 0, 0)], k=4))
+    ledger.record(step(0.5, 0.2, [req("ok", 2, 3, 0.5)], [ok], k=2))
+    ledger.record(step(1.0, 0.5, [req("slow", 1, 1, 1.5)], k=0))
+    ledger.record(step(1.5, 0.5, [req("slow", 1, 2, 1.5)], [slow], k=0))
+    metrics = ledger.metrics()
+    busy = 0.5 + 0.2 + 0.5 + 0.5
+    assert metrics["busy_s"] == pytest.approx(busy)
+    assert metrics["tokens_generated"] == 5
+    assert metrics["goodput_tps"] == pytest.approx(5 / busy)
+    assert metrics["goodput_under_slo_tps"] == pytest.approx(3 / busy)
+    assert metrics["slo_attainment"] == 0.5
+    assert metrics["mean_k"] == 1.5
+    assert metrics["ttft_p50_s"] == pytest.approx(1.0)
+    assert metrics["tpot_p50_s"] == pytest.approx((0.1 + 0.5) / 2)
+    assert ledger.num_open == 0 and ledger.num_finished == 2
+    assert math.isnan(RequestLedger(SLO()).metrics()["slo_attainment"])

@@ -1,0 +1,294 @@
+"""Replay one trace window through the live engine once per controller, side by side.
+
+    python -m training.evaluate --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv \\
+        --window 60 --rate-scale 2 --controllers nospec,static:1,static:2,static:4,goodput
+
+Every controller sees the same requests (same window, prompts and seed). Controllers choose
+k inside the scheduler hook, exactly as in serving; `nospec` runs a second engine with no
+speculation configured at all (an engine with speculation at k=0 still pays for drafting).
+With --repeats, the controllers' order rotates each repeat so the machine's drift does not
+favour one of them; metrics are averaged over repeats. Prints one table; --json, --plot and
+--track save it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from agents.features import FeatureBuilder
+from agents.registry import NAMES_HELP, ControllerSpec, build_controller, parse_controller
+from agents.step_time import Profile, load_profile
+from envs.config import DEFAULT_TRACE, EnvConfig
+from envs.ledger import SLO
+from envs.replayer import WorkloadReplayer
+from envs.spec_decode_env import feature_config
+from envs.traces import PromptFactory, Trace, apply_replay, load_trace
+from serving.config import EngineConfig
+from serving.live_engine import LiveEngine
+from training.profile import default_profile_path, engine_model_id
+
+METRICS = (
+    "goodput_tps",
+    "goodput_under_slo_tps",
+    "ttft_p50_s",
+    "ttft_p99_s",
+    "tpot_p50_s",
+    "tpot_p99_s",
+    "slo_attainment",
+    "mean_k",
+)
+
+
+@dataclass
+class Run:
+    """One controller's replays: metrics per repeat and the last repeat's timeline."""
+
+    spec: ControllerSpec
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    timeline: dict[str, list[float]] = field(default_factory=dict)
+
+    def mean(self, key: str) -> float:
+        """The metric averaged over repeats."""
+        return statistics.fmean(m[key] for m in self.metrics)
+
+
+def replay(replayer: WorkloadReplayer, workload: Trace, seed: int) -> tuple[dict, dict]:
+    """One full replay with whatever controller the engine has attached."""
+    replayer.start(workload, np.random.default_rng(seed))
+    timeline: dict[str, list[float]] = {k: [] for k in ("t", "k", "batch", "queue", "goodput")}
+    while not replayer.finished:
+        record, _ = replayer.step()
+        timeline["t"].append(record.finished_at)
+        timeline["k"].append(record.k)
+        timeline["batch"].append(record.batch_size)
+        timeline["queue"].append(record.num_waiting)
+        timeline["goodput"].append(record.generated / record.step_time)
+    return replayer.ledger.metrics(), timeline
+
+
+def evaluate(
+    env: EnvConfig,
+    specs: list[ControllerSpec],
+    *,
+    workload: Trace,
+    repeats: int,
+    seed: int,
+    profile: Profile | None,
+) -> list[Run]:
+    """Run every controller `repeats` times on the workload; return their runs."""
+    engines: dict[bool, LiveEngine] = {}
+    if any(s.speculates for s in specs):
+        engines[True] = LiveEngine(env.engine)
+    if any(not s.speculates for s in specs):
+        engines[False] = LiveEngine(replace(env.engine, method="none", k_max=0))
+    prompts = PromptFactory(env.engine.model, weights=env.prompt_styles)
+    replayers = {
+        speculates: WorkloadReplayer(engine, prompts, env.slo, env.temperatures)
+        for speculates, engine in engines.items()
+    }
+    runs = [Run(spec) for spec in specs]
+    try:
+        for repeat in range(repeats):
+            shift = repeat % len(runs)
+            for run in runs[shift:] + runs[:shift]:
+                engine = engines[run.spec.speculates]
+                controller = build_controller(
+                    run.spec, env.engine.k_max, env.engine.max_num_seqs, profile
+                )
+                if controller is not None:
+                    features = FeatureBuilder(feature_config(env, env.engine))
+                    engine.attach(controller, features)
+                started = time.perf_counter()
+                metrics, run.timeline = replay(replayers[run.spec.speculates], workload, seed)
+                metrics["wall_s"] = time.perf_counter() - started
+                run.metrics.append(metrics)
+                if controller is not None:
+                    engine.attach(None, None)
+                print(
+                    f"  repeat {repeat + 1}/{repeats} {run.spec.name:<20} "
+                    f"goodput {metrics['goodput_tps']:7.0f} tok/s  "
+                    f"under SLO {metrics['goodput_under_slo_tps']:7.0f}  "
+                    f"({metrics['wall_s']:.1f} s)",
+                    flush=True,
+                )
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return runs
+
+
+def table(runs: list[Run]) -> list[dict]:
+    """One row per controller: mean metrics and ratios to the best static k and nospec."""
+    rows = [{"controller": r.spec.name} | {m: r.mean(m) for m in METRICS} for r in runs]
+    statics = [row for row, r in zip(rows, runs, strict=True) if r.spec.kind == "static"]
+    plain = next((row for row, r in zip(rows, runs, strict=True) if r.spec.kind == "nospec"), None)
+    for key, label in (("goodput_tps", "goodput"), ("goodput_under_slo_tps", "under_slo")):
+        best = max((row[key] for row in statics), default=None)
+        for row in rows:
+            row[f"{label}_vs_best_static"] = row[key] / best if best else float("nan")
+            row[f"{label}_vs_nospec"] = row[key] / plain[key] if plain else float("nan")
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The table as fixed-width text."""
+    head = (
+        f"{'controller':<20} {'goodput':>8} {'underSLO':>8} {'TTFT50':>7} {'TTFT99':>7} "
+        f"{'TPOT50':>7} {'TPOT99':>7} {'attain':>6} {'mean k':>6} {'gp/best':>7} "
+        f"{'slo/best':>8} {'slo/nospec':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['controller']:<20} {r['goodput_tps']:8.0f} {r['goodput_under_slo_tps']:8.0f} "
+            f"{r['ttft_p50_s'] * 1e3:7.1f} {r['ttft_p99_s'] * 1e3:7.1f} "
+            f"{r['tpot_p50_s'] * 1e3:7.2f} {r['tpot_p99_s'] * 1e3:7.2f} "
+            f"{r['slo_attainment']:6.3f} {r['mean_k']:6.2f} {r['goodput_vs_best_static']:7.3f} "
+            f"{r['under_slo_vs_best_static']:8.3f} {r['under_slo_vs_nospec']:10.3f}"
+        )
+    lines.append("goodput, underSLO: tokens/s of engine time; TTFT ms; TPOT ms per token")
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], rows: list[dict], path: Path) -> None:
+    """k, batch size, queue depth and goodput over time per controller, and the table's bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(5, 1, figsize=(10, 14))
+    for run in runs:
+        t = np.asarray(run.timeline["t"])
+        for ax, key in zip(axes[:4], ("k", "batch", "queue", "goodput"), strict=True):
+            values = np.asarray(run.timeline[key], dtype=float)
+            if key == "goodput":  # smooth per-step rates over 25 steps
+                values = np.convolve(values, np.ones(25) / 25, mode="same")
+            ax.plot(t, values, label=run.spec.name, lw=0.8)
+            ax.set_ylabel(key)
+    axes[0].legend(ncol=4, fontsize=8)
+    axes[3].set_xlabel("trace time (s)")
+    names = [r["controller"] for r in rows]
+    x = np.arange(len(rows))
+    axes[4].bar(x - 0.2, [r["goodput_tps"] for r in rows], 0.4, label="goodput")
+    axes[4].bar(x + 0.2, [r["goodput_under_slo_tps"] for r in rows], 0.4, label="under SLO")
+    axes[4].set_xticks(x, names, rotation=20, fontsize=8)
+    axes[4].set_ylabel("tokens/s")
+    axes[4].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def track(args: argparse.Namespace, rows: list[dict], plot_path: Path | None) -> None:
+    """Log the table (and plot) to W&B; offline unless WANDB_MODE or --wandb-mode says else."""
+    import wandb
+
+    run = wandb.init(
+        project=args.wandb_project,
+        mode=args.wandb_mode,
+        job_type="evaluate",
+        config=vars(args) | {"controllers": args.controllers},
+    )
+    columns = list(rows[0])
+    run.log(
+        {"evaluation": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])}
+    )
+    for row in rows:
+        run.summary[row["controller"]] = {k: v for k, v in row.items() if k != "controller"}
+    if plot_path is not None:
+        run.log({"evaluation_plot": wandb.Image(str(plot_path))})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trace", default=DEFAULT_TRACE, help="trace file or synthetic: spec")
+    parser.add_argument("--trace-format", default=None, choices=("azure", "burstgpt", "mooncake"))
+    parser.add_argument("--window", type=float, default=60.0, help="trace seconds to replay")
+    parser.add_argument("--window-start", type=float, default=0.0)
+    parser.add_argument("--rate-scale", type=float, default=1.0)
+    parser.add_argument("--length-scale", type=float, default=1.0)
+    parser.add_argument("--max-input-tokens", type=int, default=EnvConfig.max_input_tokens)
+    parser.add_argument("--max-output-tokens", type=int, default=EnvConfig.max_output_tokens)
+    parser.add_argument("--method", default="ngram", choices=("ngram", "draft_model"))
+    parser.add_argument("--k-max", type=int, default=EngineConfig.k_max)
+    parser.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
+    parser.add_argument("--ttft-slo", type=float, default=SLO.ttft_s, help="seconds")
+    parser.add_argument("--tpot-slo", type=float, default=SLO.tpot_s, help="seconds per token")
+    parser.add_argument(
+        "--controllers",
+        default="nospec,static:1,static:2,static:3,static:4,vllm-schedule,goodput",
+        help=f"comma-separated: {NAMES_HELP}",
+    )
+    parser.add_argument("--profile", type=Path, default=None, help="step-time profile JSON")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the table here")
+    parser.add_argument("--plot", type=Path, default=None, help="write the plots here (PNG)")
+    parser.add_argument("--track", action="store_true", help="log to Weights & Biases")
+    parser.add_argument("--wandb-project", default="turbospec-rl")
+    parser.add_argument("--wandb-mode", default=None, help="online, offline (default) or disabled")
+    args = parser.parse_args(argv)
+
+    # Everything that can be wrong is checked here, before any engine starts.
+    engine_config = EngineConfig(
+        method=args.method, k_max=args.k_max, max_num_seqs=args.max_num_seqs
+    )
+    env = EnvConfig(
+        trace=args.trace,
+        trace_format=args.trace_format,
+        window_s=args.window,
+        window_start_s=args.window_start,
+        rate_scale=args.rate_scale,
+        length_scale=args.length_scale,
+        max_input_tokens=args.max_input_tokens,
+        max_output_tokens=args.max_output_tokens,
+        engine=engine_config,
+        slo=SLO(ttft_s=args.ttft_slo, tpot_s=args.tpot_slo),
+    )
+    specs = [parse_controller(name, args.k_max) for name in args.controllers.split(",")]
+    workload = apply_replay(
+        load_trace(args.trace, args.trace_format), env.replay_options(args.window_start)
+    )
+    if not len(workload):
+        parser.error(f"no requests in the {args.window} s window at {args.window_start} s")
+    profile = None
+    if any(s.needs_profile for s in specs):
+        engine_config.check_models()
+        profile = load_profile(
+            args.profile or default_profile_path(args.method),
+            model_id=engine_model_id(engine_config),
+            method=args.method,
+        )
+
+    print(
+        f"{args.method}: {len(workload)} requests over {workload.duration_s:.1f} s "
+        f"(window {args.window} s at {args.window_start} s, rate x{args.rate_scale}) "
+        f"from {args.trace}"
+    )
+    runs = evaluate(
+        env, specs, workload=workload, repeats=args.repeats, seed=args.seed, profile=profile
+    )
+    rows = table(runs)
+    print()
+    print(format_table(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(runs, rows, args.plot)
+    if args.track:
+        track(args, rows, args.plot)
+
+
+if __name__ == "__main__":
+    main()
