@@ -13,11 +13,20 @@ from serving.live_engine import LiveEngine
 OUTPUT_LENS = (24, 40, 17, 33, 9, 48)
 
 
+def make_prompts(factory, n: int = 6, prompt_len: int = 40) -> list[list[int]]:
+    """n source-code prompts of different lengths."""
+    return [factory.make(prompt_len + 7 * i, style="source").token_ids for i in range(n)]
+
+
 def add_batch(engine: LiveEngine, factory, prefix: str, n: int = 6, prompt_len: int = 40) -> dict:
-    """Add n requests of source-code prompts; return {request_id: (prompt, output_len)}."""
+    """Add n requests; return {request_id: (prompt, output_len)}."""
+    return add_prompts(engine, make_prompts(factory, n, prompt_len), prefix)
+
+
+def add_prompts(engine: LiveEngine, prompts: list[list[int]], prefix: str) -> dict:
+    """Add one request per prompt; return {request_id: (prompt, output_len)}."""
     added = {}
-    for i in range(n):
-        prompt = factory.make(prompt_len + 7 * i, style="source").token_ids
+    for i, prompt in enumerate(prompts):
         out = OUTPUT_LENS[i % len(OUTPUT_LENS)]
         engine.add_request(f"{prefix}-{i}", prompt, out)
         added[f"{prefix}-{i}"] = (prompt, out)
@@ -39,10 +48,11 @@ def test_greedy_outputs_are_identical_under_any_k_schedule(engine, prompt_factor
         "kmax": lambda _: engine.k_max,
         "random": lambda _: rng.randint(0, engine.k_max),
     }
+    prompts = make_prompts(prompt_factory)
     outputs = {}
     drafted = {}
     for name, choose in schedules.items():
-        added = add_batch(engine, prompt_factory, name)
+        added = add_prompts(engine, prompts, name)
         records = run(engine, choose)
         drafted[name] = sum(r.spec_tokens for r in records)
         outputs[name] = [engine.outputs[rid] for rid in added]
