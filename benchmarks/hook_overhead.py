@@ -119,7 +119,6 @@ def main() -> None:
     for size in BATCH_SIZES:
         plain_s, hooked_s = overhead(plain, hooked, factory, size, args.rounds)
         print(f"{size:>5}  {plain_s * 1e3:8.2f}  {hooked_s * 1e3:9.2f}  {hooked_s / plain_s:12.3f}")
-    plain.close()
 
     hooked.attach(None, None)
     header = "  ".join(f"k={k:<2} ms tok/ms" for k in range(args.k + 1))
@@ -128,6 +127,8 @@ def main() -> None:
         cells = k_profile(hooked, factory, size, args.rounds)
         row = "  ".join(f"{t * 1e3:6.2f} {g / 1e3:6.2f}" for t, g in cells)
         print(f"{size:>5}  {row}")
+    # Closing one engine tears down vLLM's process-wide state: close them together, last.
+    plain.close()
     hooked.close()
 
 

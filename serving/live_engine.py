@@ -203,7 +203,11 @@ class LiveEngine:
             self.scheduler.controller.reset()
 
     def close(self) -> None:
-        """Shut the engine down and free its memory."""
+        """Shut the engine down and free its memory.
+
+        vLLM tears down process-wide state (its distributed groups) with it: in a process
+        that holds several engines, close them all together, when done with every one.
+        """
         engine = getattr(self, "_engine", None)
         if engine is not None:
             engine.engine_core.shutdown()

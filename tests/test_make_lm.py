@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from envs.traces.corpus import stdlib_sources
 from training import make_lm
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -45,7 +46,7 @@ def test_cli_defaults_and_help(capsys):
 
 
 def test_corpus_is_deterministic_and_split():
-    files = make_lm.stdlib_files()
+    files = stdlib_sources()
     assert files == sorted(files) and len(files) > 100
     for f in files:
         parts = set(f.relative_to(STDLIB).parts[:-1])

@@ -44,26 +44,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from envs.traces.corpus import stdlib_sources
+
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
-
-# Directories of the stdlib that are not "ordinary Python code" or not ours to read.
-SKIP_DIRS = frozenset(
-    {
-        "test",
-        "tests",
-        "idlelib",
-        "lib2to3",
-        "site-packages",
-        "dist-packages",
-        "__pycache__",
-        "encodings",  # mostly generated codec tables
-        "pydoc_data",  # one huge string of documentation
-        "turtledemo",
-        "ensurepip",
-    }
-)
 
 
 @dataclass
@@ -192,21 +177,6 @@ def parse_args(argv: Sequence[str] | None = None) -> MakeLMArgs:
 
 # --------------------------------------------------------------------------------------------
 # Corpus
-
-
-def stdlib_files(root: str | Path | None = None) -> list[Path]:
-    """Sorted ``*.py`` files of the standard library, minus tests and generated/odd directories."""
-    root = Path(root or sysconfig.get_paths()["stdlib"])
-    out = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        dirs = rel.parts[:-1]
-        if any(d in SKIP_DIRS or d.startswith("config-") for d in dirs):
-            continue
-        if rel.name.startswith("_sysconfigdata"):  # build-specific, not code anyone writes
-            continue
-        out.append(path)
-    return out
 
 
 def split_files(files: Sequence[Path], holdout_every: int) -> tuple[list[Path], list[Path]]:
@@ -582,7 +552,7 @@ def run(args: MakeLMArgs) -> dict:
     if args.save_dtype not in ("bfloat16", "float16"):
         raise SystemExit("--save-dtype must be bfloat16 or float16")
 
-    files = stdlib_files()
+    files = stdlib_sources()
     train_files, held_files = split_files(files, args.holdout_every)
     train_texts, held_texts = read_texts(train_files), read_texts(held_files)
     print(

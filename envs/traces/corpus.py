@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-# The directories training/make_lm.py leaves out of the models' corpus: test suites, generated
-# tables and bundled third-party code are not the ordinary source the models learned.
+# Left out of the models' corpus: test suites, generated tables and bundled third-party code
+# are not the ordinary source the models learn from.
 _SKIP_DIRS = frozenset(
     {
         "test",
@@ -39,17 +39,24 @@ def _kept_file(name: str) -> bool:
     return name.endswith(".py") and not name.startswith("_sysconfigdata")  # generated per build
 
 
+def stdlib_sources(root: str | Path | None = None) -> list[Path]:
+    """The standard library's ordinary .py source files, sorted: the models' corpus."""
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(filter(_kept_dir, dirs))
+        files += [Path(folder, n) for n in sorted(filter(_kept_file, names))]
+    return sorted(files)
+
+
 def stdlib_files(budget_bytes: int) -> list[Path]:
-    """A deterministic subset of the standard library's .py files of about budget_bytes.
+    """A deterministic subset of `stdlib_sources()` of about budget_bytes.
 
     Files are taken in the order of a hash of their relative path, which spreads the budget
     over the whole library instead of the alphabetically first modules.
     """
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(filter(_kept_dir, dirs))
-        files += [Path(folder, n) for n in sorted(filter(_kept_file, names))]
+    files = stdlib_sources(root)
 
     def order(path: Path) -> str:
         return hashlib.sha1(path.relative_to(root).as_posix().encode()).hexdigest()
