@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# One OpenMP thread per process: oversubscribed cores stall vLLM's CPU kernels (see serving/).
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup test train lint lm bench-hook clean-venv
 
@@ -21,7 +23,7 @@ test: setup
 	$(PY) -m pytest
 
 train: setup
-	$(PY) -m training.demo
+	$(PY) -m training.train_ppo
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from agents.batch_schedule import BatchScheduleController, default_table
 from agents.controller import Controller
+from agents.features import SCHEMA_VERSION
 from agents.goodput import GoodputController
+from agents.guarded import GuardedController
+from agents.policy import PPOController
 from agents.static import StaticController
 from agents.step_time import Profile
 
-NAMES_HELP = "nospec, static:K (K = 0..k_max), vllm-schedule, goodput, goodput-per-request"
+NAMES_HELP = (
+    "nospec, static:K (K = 0..k_max), vllm-schedule, goodput, goodput-per-request, "
+    "ppo:PATH (an exported policy), guarded:PATH (the policy with the goodput fallback)"
+)
+_PLAIN_NAMES = ("nospec", "vllm-schedule", "goodput", "goodput-per-request")
 
 
 @dataclass(frozen=True)
@@ -20,14 +29,16 @@ class ControllerSpec:
     name: str
     """The name as given, e.g. "static:2"."""
     kind: str
-    """nospec, static, vllm-schedule, goodput or goodput-per-request."""
+    """nospec, static, vllm-schedule, goodput, goodput-per-request, ppo or guarded."""
     k: int = 0
     """The k of a static controller."""
+    path: str = ""
+    """The exported policy of ppo and guarded."""
 
     @property
     def needs_profile(self) -> bool:
         """Whether building it needs the engine's step-time profile."""
-        return self.kind in ("vllm-schedule", "goodput", "goodput-per-request")
+        return self.kind in ("vllm-schedule", "goodput", "goodput-per-request", "guarded")
 
     @property
     def speculates(self) -> bool:
@@ -35,35 +46,73 @@ class ControllerSpec:
         return self.kind != "nospec"
 
 
+@dataclass(frozen=True)
+class ControllerContext:
+    """What building a controller may need to know about the engine and the features."""
+
+    k_max: int
+    max_num_seqs: int
+    feature_names: Sequence[str]
+    ttft_slo_s: float
+    tpot_slo_s: float
+    profile: Profile | None = None
+
+
 def parse_controller(name: str, k_max: int) -> ControllerSpec:
     """Parse one controller name; raise ValueError naming it and the valid names."""
     name = name.strip()
-    if name in ("nospec", "vllm-schedule", "goodput", "goodput-per-request"):
+    if name in _PLAIN_NAMES:
         return ControllerSpec(name, name)
-    if name.startswith("static:"):
-        value = name.removeprefix("static:")
+    kind, _, value = name.partition(":")
+    if kind == "static":
         if not value.isdigit() or not 0 <= int(value) <= k_max:
             raise ValueError(f"controller {name!r}: K must be a whole number in 0..{k_max}")
-        return ControllerSpec(name, "static", int(value))
+        return ControllerSpec(name, "static", k=int(value))
+    if kind in ("ppo", "guarded"):
+        if not value:
+            raise ValueError(f"controller {name!r}: give the policy's path, e.g. {kind}:DIR")
+        if kind == "ppo" and not Path(value).exists():
+            raise ValueError(f"controller {name!r}: no policy at {value}")
+        return ControllerSpec(name, kind, path=value)
     raise ValueError(f"unknown controller {name!r}; expected one of: {NAMES_HELP}")
 
 
-def build_controller(
-    spec: ControllerSpec, k_max: int, max_num_seqs: int, profile: Profile | None
-) -> Controller | None:
+def build_controller(spec: ControllerSpec, context: ControllerContext) -> Controller | None:
     """The controller for a spec (None for nospec, whose engine has no k to choose)."""
     if spec.kind == "nospec":
         return None
     if spec.kind == "static":
         return StaticController(spec.k)
+    if spec.kind == "ppo":
+        return PPOController.load(
+            spec.path,
+            schema_version=SCHEMA_VERSION,
+            feature_names=context.feature_names,
+            k_max=context.k_max,
+        )
+    profile = context.profile
     if profile is None:
         raise ValueError(f"controller {spec.name!r} needs a step-time profile")
     if spec.kind == "vllm-schedule":
-        table = default_table(profile.step_time, k_max, max_num_seqs, profile.acceptance)
-        return BatchScheduleController(table, k_max, max_num_seqs)
-    controller = GoodputController(
-        profile.step_time, k_max, max_num_seqs, per_request=spec.kind == "goodput-per-request"
+        table = default_table(
+            profile.step_time, context.k_max, context.max_num_seqs, profile.acceptance
+        )
+        return BatchScheduleController(table, context.k_max, context.max_num_seqs)
+    goodput = GoodputController(
+        profile.step_time,
+        context.k_max,
+        context.max_num_seqs,
+        per_request=spec.kind == "goodput-per-request",
     )
-    if spec.kind == "goodput-per-request":
-        controller.name = spec.name
-    return controller
+    if spec.kind == "guarded":
+        return GuardedController(
+            spec.path,
+            goodput,
+            k_max=context.k_max,
+            schema_version=SCHEMA_VERSION,
+            feature_names=context.feature_names,
+            ttft_slo_s=context.ttft_slo_s,
+            tpot_slo_s=context.tpot_slo_s,
+        )
+    goodput.name = spec.name
+    return goodput

@@ -27,6 +27,8 @@ class EnvConfig:
     """Seconds of trace time per episode (before rate scaling)."""
     window_start_s: float | None = None
     """Where episodes start in the trace; None draws a start per episode from the seed."""
+    latest_start_s: float | None = None
+    """Drawn starts lie before this (keeps the trace's tail held back for evaluation)."""
     rate_scale: float = 1.0
     """Speed-up of arrivals (2 replays the window twice as fast)."""
     length_scale: float = 1.0

@@ -112,6 +112,8 @@ class SpecDecodeEnv(gym.Env):
             start = config.window_start_s
         fixed = start is not None
         latest = max(self.trace.duration_s - config.window_s, 0.0)
+        if config.latest_start_s is not None:
+            latest = min(latest, config.latest_start_s)
         for _ in range(1 if fixed else 20):
             begin = start if fixed else float(self.np_random.uniform(0.0, latest))
             workload = apply_replay(self.trace, config.replay_options(begin))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -72,6 +73,7 @@ def engine_and_stats(request, _engines):
     """A live engine (ngram, then draft_model) with vLLM's stats; reset after each test."""
     engine, recorder = _engines(request.param)
     engine.reset()
+    engine.clock = time.time  # an environment test leaves its virtual clock behind
     recorder.steps.clear()
     yield engine, recorder
     engine.reset()

@@ -1,5 +1,6 @@
 """Fast checks of training.make_lm's pure parts, at toy sizes (no vLLM, a few seconds)."""
 
+import dataclasses
 import json
 import math
 import sysconfig
@@ -11,6 +12,7 @@ import torch
 
 from envs.traces.corpus import stdlib_sources
 from training import make_lm
+from training.cli import field_docs
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -39,8 +41,8 @@ def test_cli_defaults_and_help(capsys):
     with pytest.raises(SystemExit):
         make_lm.parse_args(["--help"])
     out = capsys.readouterr().out
-    docs = make_lm._field_docs(make_lm.MakeLMArgs)
-    for f in make_lm.dataclasses.fields(make_lm.MakeLMArgs):
+    docs = field_docs(make_lm.MakeLMArgs)
+    for f in dataclasses.fields(make_lm.MakeLMArgs):
         assert docs.get(f.name), f"field {f.name} has no docstring"
         assert "--" + f.name.replace("_", "-") in out
 

@@ -22,8 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.features import FeatureBuilder
-from agents.registry import NAMES_HELP, ControllerSpec, build_controller, parse_controller
+from agents.features import FeatureBuilder, feature_names
+from agents.registry import (
+    NAMES_HELP,
+    ControllerContext,
+    ControllerSpec,
+    build_controller,
+    parse_controller,
+)
 from agents.step_time import Profile, load_profile
 from envs.config import DEFAULT_TRACE, EnvConfig
 from envs.ledger import SLO
@@ -93,18 +99,24 @@ def evaluate(
         speculates: WorkloadReplayer(engine, prompts, env.slo, env.temperatures)
         for speculates, engine in engines.items()
     }
+    features_config = feature_config(env, env.engine)
+    context = ControllerContext(
+        k_max=env.engine.k_max,
+        max_num_seqs=env.engine.max_num_seqs,
+        feature_names=feature_names(env.feature_window),
+        ttft_slo_s=env.slo.ttft_s,
+        tpot_slo_s=env.slo.tpot_s,
+        profile=profile,
+    )
     runs = [Run(spec) for spec in specs]
     try:
         for repeat in range(repeats):
             shift = repeat % len(runs)
             for run in runs[shift:] + runs[:shift]:
                 engine = engines[run.spec.speculates]
-                controller = build_controller(
-                    run.spec, env.engine.k_max, env.engine.max_num_seqs, profile
-                )
+                controller = build_controller(run.spec, context)
                 if controller is not None:
-                    features = FeatureBuilder(feature_config(env, env.engine))
-                    engine.attach(controller, features)
+                    engine.attach(controller, FeatureBuilder(features_config))
                 started = time.perf_counter()
                 metrics, run.timeline = replay(replayers[run.spec.speculates], workload, seed)
                 metrics["wall_s"] = time.perf_counter() - started

@@ -1,0 +1,147 @@
+"""How long a learned controller takes to choose k: it runs before every engine step.
+
+Times `decide` of the unguarded `PPOController`, of the `GuardedController` serving uses
+(range check plus policy, SLO guard idle), and of its `GoodputController` fallback alone, each
+call timed separately over observations drawn within the feature bounds. Prints median and
+p99 in microseconds against the 20 us target for the median.
+
+    python -m benchmarks.decision_time [--policy DIR] [--calls 20000]
+
+Without --policy, a freshly initialised SB3 PPO MlpPolicy (default net_arch: two 64-unit tanh
+layers) over `feature_names()` with k_max 4 is exported to a temporary directory first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from agents.features import (
+    SCHEMA_VERSION,
+    FeatureBuilder,
+    FeatureConfig,
+    Observation,
+    feature_bounds,
+    feature_names,
+)
+from agents.goodput import GoodputController
+from agents.guarded import GuardedController
+from agents.policy import PPOController
+from agents.step_time import StepTimeModel
+
+TARGET_US = 20.0
+K_MAX = 4
+MAX_NUM_SEQS = 64
+STEP_TIME = StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0)
+"""A plausible step-time model for the fallback; its numbers do not affect the timing."""
+
+
+def export_fresh_policy(out_dir: Path, config: FeatureConfig) -> Path:
+    """Export an untrained PPO MlpPolicy with the observation and action spaces of `config`."""
+    # Imported here: timing an existing artifact should not pay for torch.
+    import gymnasium
+    from stable_baselines3 import PPO
+
+    from training.export import export_policy
+
+    low, high = feature_bounds(config.window)
+
+    class SpacesOnly(gymnasium.Env):
+        """Just the spaces: PPO builds its policy from them without stepping."""
+
+        observation_space = gymnasium.spaces.Box(low, high, dtype=np.float32)
+        action_space = gymnasium.spaces.Discrete(config.k_max + 1)
+
+    model = PPO("MlpPolicy", SpacesOnly(), seed=0, device="cpu")
+    return export_policy(
+        model,
+        out_dir,
+        feature_names=feature_names(config.window),
+        schema_version=SCHEMA_VERSION,
+        k_max=config.k_max,
+        engine={"method": "none", "model": "untrained"},
+        train_config={"benchmark": "decision_time"},
+    )
+
+
+def observations(config: FeatureConfig, obs_range: dict, n: int) -> list[Observation]:
+    """`n` idle-engine observations whose vectors are uniform within the training range."""
+    base = FeatureBuilder(config).build()
+    low, high = np.asarray(obs_range["low"]), np.asarray(obs_range["high"])
+    rng = np.random.default_rng(0)
+    vectors = rng.uniform(low, high, size=(n, len(low))).astype(np.float32)
+    return [dataclasses.replace(base, vector=v) for v in vectors]
+
+
+def time_calls(decide: Callable[[Observation], object], obs: list[Observation], calls: int):
+    """(median, p99) microseconds of `decide`, each call timed alone, after a warm-up."""
+    n = len(obs)
+    for i in range(min(calls, 2000)):
+        decide(obs[i % n])
+    clock = time.perf_counter_ns
+    samples = []
+    for i in range(calls):
+        o = obs[i % n]
+        started = clock()
+        decide(o)
+        samples.append(clock() - started)
+    samples.sort()
+    return statistics.median(samples) / 1e3, samples[int(0.99 * (calls - 1))] / 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", type=Path, help="an exported policy directory")
+    parser.add_argument("--calls", type=int, default=20_000)
+    args = parser.parse_args()
+
+    config = FeatureConfig(
+        k_max=K_MAX,
+        max_num_seqs=MAX_NUM_SEQS,
+        max_num_batched_tokens=2048,
+        ttft_slo_s=1.0,
+        tpot_slo_s=0.1,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        policy_dir = args.policy or export_fresh_policy(Path(tmp), config)
+        ppo = PPOController.load(policy_dir)
+        k_max = ppo.metadata["k_max"]
+        fallback = GoodputController(STEP_TIME, k_max, MAX_NUM_SEQS)
+        guarded = GuardedController(
+            policy_dir,
+            fallback,
+            k_max=k_max,
+            schema_version=ppo.metadata["schema_version"],
+            feature_names=ppo.metadata["feature_names"],
+            ttft_slo_s=config.ttft_slo_s,
+            tpot_slo_s=config.tpot_slo_s,
+        )
+    if guarded.policy is None:
+        raise SystemExit(f"the guard could not load {policy_dir}: {guarded.last_reason}")
+
+    obs = observations(config, ppo.metadata["obs_range"], 256)
+    policy = ppo.policy
+    hidden = [w.shape[1] for w, _ in policy.layers[:-1]]
+    print(
+        f"policy: {policy.n_features} features, hidden {hidden} {policy.activation}, "
+        f"{policy.n_actions} actions, normalisation {'on' if policy.normalization else 'off'}"
+    )
+    print(f"{args.calls} calls each, target median < {TARGET_US:.0f} us\n")
+    print("controller      median us  p99 us")
+    for name, controller in (("ppo", ppo), ("guarded-ppo", guarded), ("goodput", fallback)):
+        median, p99 = time_calls(controller.decide, obs, args.calls)
+        verdict = "" if name == "goodput" else "  ok" if median < TARGET_US else "  OVER TARGET"
+        print(f"{name:<14}  {median:9.2f}  {p99:6.2f}{verdict}")
+    if guarded.fallback_decisions:
+        print(f"\nwarning: the guard fell back {guarded.counts} on in-bounds observations")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""`python -m training.train_ppo`: a short real run, and bad input refused before any engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.features import SCHEMA_VERSION, FeatureBuilder, FeatureConfig, feature_names
+from agents.policy import PPOController
+from training.cli import ConfigError, parse_config
+from training.train_ppo import TrainConfig, main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRACE = "synthetic:poisson?rate=6&duration=40&input_mean=48&output_mean=24&seed=2"
+
+
+def test_a_short_training_run_leaves_a_usable_policy(tmp_path):
+    args = [
+        "--trace", TINY_TRACE, "--window-s", "4", "--train-until-s", "30",
+        "--eval-window-start-s", "32", "--eval-window-s", "4",
+        "--total-timesteps", "256", "--n-steps", "128", "--batch-size", "64", "--n-epochs", "2",
+        "--eval-every", "128", "--checkpoint-every", "128", "--max-num-seqs", "8",
+        "--output-dir", str(tmp_path), "--run-name", "short",
+    ]  # fmt: skip
+    env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
+    done = subprocess.run(
+        [sys.executable, "-m", "training.train_ppo", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "short"
+    assert (run / "command.txt").read_text().startswith("python -m training.train_ppo --trace")
+    saved = parse_config(TrainConfig, ["--config", str(run / "config.yaml")], "t", "t")
+    assert saved.total_timesteps == 256 and saved.trace == TINY_TRACE
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.zip"))
+    assert (run / "final_model.zip").is_file() and (run / "best" / "best_model.zip").is_file()
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert len(evals) >= 2 and all(e["goodput_ratio"] > 0 for e in evals)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["timesteps"] >= 256 and not summary["interrupted"]
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+
+    from stable_baselines3 import PPO
+
+    model = PPO.load(run / "final_model.zip", device="cpu")
+    controller = PPOController.load(
+        run / "policy", schema_version=SCHEMA_VERSION, feature_names=feature_names(), k_max=4
+    )
+    builder = FeatureBuilder(FeatureConfig(k_max=4, max_num_seqs=8, max_num_batched_tokens=2048,
+                                           ttft_slo_s=1.0, tpot_slo_s=0.05))  # fmt: skip
+    obs = builder.build(0.0)
+    k = controller.decide(obs).k
+    assert 0 <= k <= 4
+    expected, _ = model.predict(obs.vector, deterministic=True)
+    assert k == int(expected)
+    assert controller.metadata["engine"]["method"] == "ngram"
+    assert np.all(np.asarray(controller.metadata["obs_range"]["low"]) <= obs.vector + 1)
+
+
+def exit_code(argv: list[str]) -> int:
+    """main's return code, or argparse's exit code for a flag it rejects."""
+    try:
+        return main(argv)
+    except SystemExit as exit:
+        return exit.code
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--trace", "/nonexistent/trace.csv"], "/nonexistent/trace.csv"),
+        (["--total-timesteps", "many"], "total_timesteps expects int, got 'many'"),
+        (["--method", "eagle"], "method='eagle' must be ngram or draft_model"),
+        (["--eval-window-start-s", "10"], "eval_window_start_s=10.0 lies inside the training"),
+    ],
+)
+def test_bad_arguments_fail_before_any_engine_starts(argv, message, tmp_path, capsys):
+    assert exit_code([*argv, "--output-dir", str(tmp_path / "runs")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists(), "no run folder for a refused run"
+
+
+def test_bad_config_files(tmp_path):
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("total_timesteps: 10\nlearning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match=f"config file {unknown}: unknown key.s. learning_rat"):
+        parse_config(TrainConfig, ["--config", str(unknown)], "t", "t")
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("n_envs: two\n")
+    with pytest.raises(ConfigError, match="n_envs expects int, got 'two'"):
+        parse_config(TrainConfig, ["--config", str(wrong)], "t", "t")
+    assert exit_code(["--config", str(unknown), "--output-dir", str(tmp_path / "runs")]) == 2
+    assert not (tmp_path / "runs").exists()

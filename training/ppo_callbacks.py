@@ -1,0 +1,203 @@
+"""Callbacks of `training.train_ppo`: episode metrics, and evaluation against the goodput
+controller on a held-back trace window."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.features import SCHEMA_VERSION, FeatureBuilder, feature_names
+from agents.goodput import GoodputController
+from agents.policy import PPOController
+from agents.step_time import Profile
+from envs.config import EnvConfig
+from envs.replayer import WorkloadReplayer
+from envs.spec_decode_env import feature_config
+from envs.traces import PromptFactory, Trace
+from serving.live_engine import LiveEngine
+from training.evaluate import replay
+from training.export import export_policy
+from training.profile import engine_model_id
+from training.wandb_run import WandbRun
+
+EPISODE_KEYS = (
+    "goodput_tps",
+    "goodput_under_slo_tps",
+    "slo_attainment",
+    "ttft_p50_s",
+    "ttft_p99_s",
+    "tpot_p50_s",
+    "tpot_p99_s",
+    "mean_k",
+)
+
+
+class EpisodeMetricsCallback(BaseCallback):
+    """Logs every finished episode's metrics, the k chosen per rollout, and the range of
+    observations seen (the exported policy's in-distribution range)."""
+
+    def __init__(self, tracker: WandbRun | None) -> None:
+        super().__init__()
+        self.tracker = tracker
+        self.obs_low: np.ndarray | None = None
+        self.obs_high: np.ndarray | None = None
+        self._actions: list[np.ndarray] = []
+
+    def _on_step(self) -> bool:
+        obs = self.locals["new_obs"]
+        low, high = obs.min(axis=0), obs.max(axis=0)
+        self.obs_low = low if self.obs_low is None else np.minimum(self.obs_low, low)
+        self.obs_high = high if self.obs_high is None else np.maximum(self.obs_high, high)
+        self._actions.append(np.asarray(self.locals["actions"]).reshape(-1))
+        for info in self.locals["infos"]:
+            metrics = info.get("episode_metrics")
+            if metrics:
+                for key in EPISODE_KEYS:
+                    self.logger.record_mean(f"episode/{key}", metrics[key])
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if not self._actions:
+            return
+        actions = np.concatenate(self._actions)
+        self._actions.clear()
+        self.logger.record("rollout/mean_k", float(actions.mean()))
+        if self.tracker is not None:
+            self.tracker.histogram("rollout/k", actions, self.num_timesteps)
+
+
+class CompareCallback(BaseCallback):
+    """Every `eval_every` steps, replays the held-back window with the current policy
+    (exported, run in numpy inside the scheduler hook, as serving runs it) and with the
+    analytic goodput controller, on one evaluation engine; logs the policy's goodput and
+    goodput under SLO relative to the controller's and keeps the best model."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        run_dir: Path,
+        env: EnvConfig,
+        workload: Trace,
+        profile: Profile,
+        metrics: EpisodeMetricsCallback,
+        tracker: WandbRun | None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.env = env
+        self.workload = workload
+        self.profile = profile
+        self.metrics = metrics
+        self.tracker = tracker
+        self.best: dict[str, float] | None = None
+        self._engine: LiveEngine | None = None
+        self._replayer: WorkloadReplayer | None = None
+        self._last_eval = 0
+        self._evaluations = 0
+
+    def _on_step(self) -> bool:
+        every = self.cfg.eval_every
+        if every and self.num_timesteps - self._last_eval >= every:
+            self.evaluate_now(self.model)
+        return True
+
+    def export(self, model, out_dir: Path) -> Path:
+        """Export `model` as the pickle-free artifact serving loads."""
+        engine = self.env.engine
+        return export_policy(
+            model,
+            out_dir,
+            feature_names=feature_names(self.env.feature_window),
+            schema_version=SCHEMA_VERSION,
+            k_max=engine.k_max,
+            engine=engine.as_dict() | {"model_id": engine_model_id(engine)},
+            train_config=dataclasses.asdict(self.cfg),
+            obs_low=self.metrics.obs_low,
+            obs_high=self.metrics.obs_high,
+        )
+
+    def evaluate_now(self, model) -> dict[str, float]:
+        """Replay the held-back window with the policy and the goodput controller."""
+        self._last_eval = self.num_timesteps
+        self._evaluations += 1
+        policy_dir = self.export(model, self.run_dir / "eval_policy")
+        controllers = {
+            "policy": PPOController.load(policy_dir),
+            "goodput": GoodputController(
+                self.profile.step_time, self.env.engine.k_max, self.env.engine.max_num_seqs
+            ),
+        }
+        order = list(controllers)
+        if self._evaluations % 2 == 0:  # alternate who goes first: drift hits both alike
+            order.reverse()
+        results = {}
+        for name in order:
+            results[name] = self._replay(controllers[name])
+        policy, goodput = results["policy"], results["goodput"]
+        row = {
+            "timesteps": self.num_timesteps,
+            "policy_goodput_tps": policy["goodput_tps"],
+            "policy_goodput_under_slo_tps": policy["goodput_under_slo_tps"],
+            "policy_slo_attainment": policy["slo_attainment"],
+            "policy_mean_k": policy["mean_k"],
+            "goodput_ctrl_goodput_tps": goodput["goodput_tps"],
+            "goodput_ctrl_goodput_under_slo_tps": goodput["goodput_under_slo_tps"],
+            "goodput_ratio": policy["goodput_tps"] / goodput["goodput_tps"],
+            "goodput_under_slo_ratio": _ratio(
+                policy["goodput_under_slo_tps"], goodput["goodput_under_slo_tps"]
+            ),
+        }
+        for key, value in row.items():
+            if key != "timesteps":
+                self.logger.record(f"eval/{key}", value)
+        self.logger.dump(self.num_timesteps)
+        with (self.run_dir / "eval.jsonl").open("a") as log:
+            log.write(json.dumps(row) + "\n")
+        if (
+            self.best is None
+            or row["policy_goodput_under_slo_tps"] > self.best["policy_goodput_under_slo_tps"]
+        ):
+            self.best = row
+            best_dir = self.run_dir / "best"
+            best_dir.mkdir(exist_ok=True)
+            model.save(best_dir / "best_model.zip")
+            shutil.copytree(policy_dir, best_dir / "policy", dirs_exist_ok=True)
+        print(
+            f"eval @ {self.num_timesteps}: policy {row['policy_goodput_under_slo_tps']:.0f} "
+            f"tok/s under SLO vs goodput controller "
+            f"{row['goodput_ctrl_goodput_under_slo_tps']:.0f} "
+            f"(x{row['goodput_under_slo_ratio']:.3f}), mean k {row['policy_mean_k']:.2f}",
+            flush=True,
+        )
+        return row
+
+    def close(self) -> None:
+        """Shut the evaluation engine down."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def _replay(self, controller) -> dict[str, float]:
+        if self._engine is None:
+            self._engine = LiveEngine(self.env.engine)
+            prompts = PromptFactory(self.env.engine.model, weights=self.env.prompt_styles)
+            self._replayer = WorkloadReplayer(
+                self._engine, prompts, self.env.slo, self.env.temperatures
+            )
+        self._engine.attach(controller, FeatureBuilder(feature_config(self.env, self.env.engine)))
+        try:
+            metrics, _ = replay(self._replayer, self.workload, self.cfg.seed)
+        finally:
+            self._engine.attach(None, None)
+        return metrics
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
