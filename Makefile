@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # One OpenMP thread per process: oversubscribed cores stall vLLM's CPU kernels (see serving/).
 export OMP_NUM_THREADS ?= 1
+export NUMBA_NUM_THREADS ?= 1
 
 .PHONY: setup test train lint lm bench-hook clean-venv
 
