@@ -4,36 +4,15 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-import numpy as np
 import pytest
 
 from agents.batch_schedule import BatchScheduleController, default_table, validate_schedule
 from agents.controller import Controller
-from agents.features import Observation
 from agents.goodput import expected_tokens
 from agents.step_time import StepTimeModel
+from tests.factories import observation
 
 TABLE = [(1, 4, 3), (5, 16, 2), (32, 64, 1)]
-
-
-def observation(batch_size: int) -> Observation:
-    """An observation of a last step with `batch_size` requests; the table reads only that."""
-    return Observation(
-        batch_size=batch_size,
-        num_running=batch_size,
-        num_waiting=0,
-        acceptance_ema=0.5,
-        has_acceptance=False,
-        prev_k=0,
-        step_time_ema_s=0.05,
-        ttft_slack=1.0,
-        tpot_slack=1.0,
-        arrival_rate=0.0,
-        kv_cache_usage=0.0,
-        now=0.0,
-        vector=np.zeros(1, dtype=np.float32),
-        per_request_acceptance={},
-    )
 
 
 @pytest.mark.parametrize(

@@ -4,40 +4,19 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
 from agents.controller import Controller
-from agents.features import Observation
 from agents.goodput import ALPHA_MAX, GoodputController, best_k, expected_tokens
 from agents.records import FinishedRequest, RequestStep, StepRecord
 from agents.step_time import StepTimeModel
+from tests.factories import observation
 
 K_MAX = 4
 MAX_SEQS = 64
 # T = 0.01 + 0.0005 B + 0.0005 B k: at B=1 a draft token costs 5% of a step, at B=64 it
 # costs 0.032 s against a 0.042 s step without speculation.
 MODEL = StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0)
-
-
-def observation(num_running: int, num_waiting: int = 0) -> Observation:
-    """An observation with the given load; the controller reads nothing else."""
-    return Observation(
-        batch_size=num_running,
-        num_running=num_running,
-        num_waiting=num_waiting,
-        acceptance_ema=0.5,
-        has_acceptance=False,
-        prev_k=0,
-        step_time_ema_s=0.05,
-        ttft_slack=1.0,
-        tpot_slack=1.0,
-        arrival_rate=0.0,
-        kv_cache_usage=0.0,
-        now=0.0,
-        vector=np.zeros(1, dtype=np.float32),
-        per_request_acceptance={},
-    )
 
 
 def step(*requests: tuple[str, int, int], finished: tuple[str, ...] = ()) -> StepRecord:
