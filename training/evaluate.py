@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -220,7 +221,42 @@ def track(args: argparse.Namespace, rows: list[dict], plot_path: Path | None) ->
     run.finish()
 
 
-def main(argv: list[str] | None = None) -> None:
+def check_inputs(args: argparse.Namespace) -> tuple[EnvConfig, list, Trace, Profile | None]:
+    """The replay's options, controllers, workload and profile, or the error that stops it."""
+    engine_config = EngineConfig(
+        method=args.method, k_max=args.k_max, max_num_seqs=args.max_num_seqs
+    )
+    env = EnvConfig(
+        trace=args.trace,
+        trace_format=args.trace_format,
+        window_s=args.window,
+        window_start_s=args.window_start,
+        rate_scale=args.rate_scale,
+        length_scale=args.length_scale,
+        max_input_tokens=args.max_input_tokens,
+        max_output_tokens=args.max_output_tokens,
+        engine=engine_config,
+        slo=SLO(ttft_s=args.ttft_slo, tpot_s=args.tpot_slo),
+    )
+    specs = [parse_controller(name, args.k_max) for name in args.controllers.split(",")]
+    workload = apply_replay(
+        load_trace(args.trace, args.trace_format), env.replay_options(args.window_start)
+    )
+    if not len(workload):
+        raise ValueError(f"no requests in the {args.window} s window at {args.window_start} s")
+    profile = None
+    if any(s.needs_profile for s in specs):
+        engine_config.check_models()
+        profile = load_profile(
+            args.profile or default_profile_path(args.method),
+            model_id=engine_model_id(engine_config),
+            method=args.method,
+        )
+
+    return env, specs, workload, profile
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", default=DEFAULT_TRACE, help="trace file or synthetic: spec")
     parser.add_argument("--trace-format", default=None, choices=("azure", "burstgpt", "mooncake"))
@@ -251,36 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     # Everything that can be wrong is checked here, before any engine starts.
-    engine_config = EngineConfig(
-        method=args.method, k_max=args.k_max, max_num_seqs=args.max_num_seqs
-    )
-    env = EnvConfig(
-        trace=args.trace,
-        trace_format=args.trace_format,
-        window_s=args.window,
-        window_start_s=args.window_start,
-        rate_scale=args.rate_scale,
-        length_scale=args.length_scale,
-        max_input_tokens=args.max_input_tokens,
-        max_output_tokens=args.max_output_tokens,
-        engine=engine_config,
-        slo=SLO(ttft_s=args.ttft_slo, tpot_s=args.tpot_slo),
-    )
-    specs = [parse_controller(name, args.k_max) for name in args.controllers.split(",")]
-    workload = apply_replay(
-        load_trace(args.trace, args.trace_format), env.replay_options(args.window_start)
-    )
-    if not len(workload):
-        parser.error(f"no requests in the {args.window} s window at {args.window_start} s")
-    profile = None
-    if any(s.needs_profile for s in specs):
-        engine_config.check_models()
-        profile = load_profile(
-            args.profile or default_profile_path(args.method),
-            model_id=engine_model_id(engine_config),
-            method=args.method,
-        )
-
+    try:
+        env, specs, workload, profile = check_inputs(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(
         f"{args.method}: {len(workload)} requests over {workload.duration_s:.1f} s "
         f"(window {args.window} s at {args.window_start} s, rate x{args.rate_scale}) "
@@ -300,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
         plot(runs, rows, args.plot)
     if args.track:
         track(args, rows, args.plot)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
