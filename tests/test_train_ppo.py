@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +99,34 @@ def test_bad_config_files(tmp_path):
         parse_config(TrainConfig, ["--config", str(wrong)], "t", "t")
     assert exit_code(["--config", str(unknown), "--output-dir", str(tmp_path / "runs")]) == 2
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_terminated_run_saves_and_exports_before_exiting(tmp_path):
+    args = [
+        "--trace", TINY_TRACE, "--window-s", "4", "--train-until-s", "30",
+        "--eval-window-start-s", "32", "--eval-window-s", "4", "--total-timesteps", "100000",
+        "--n-steps", "64", "--batch-size", "64", "--n-epochs", "1", "--eval-every", "0",
+        "--checkpoint-every", "64", "--max-num-seqs", "8",
+        "--output-dir", str(tmp_path), "--run-name", "stopped",
+    ]  # fmt: skip
+    env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.train_ppo", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not list((run / "checkpoints").glob("*.zip")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted: saving the model" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] and 0 < summary["timesteps"] < 100000
+    assert (run / "final_model.zip").is_file()
+    assert (run / "policy" / "policy.safetensors").is_file()

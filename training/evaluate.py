@@ -125,7 +125,7 @@ def evaluate(
                 if controller is not None:
                     engine.attach(None, None)
                 print(
-                    f"  repeat {repeat + 1}/{repeats} {run.spec.name:<20} "
+                    f"  repeat {repeat + 1}/{repeats} {run.spec.name} "
                     f"goodput {metrics['goodput_tps']:7.0f} tok/s  "
                     f"under SLO {metrics['goodput_under_slo_tps']:7.0f}  "
                     f"({metrics['wall_s']:.1f} s)",
@@ -152,15 +152,16 @@ def table(runs: list[Run]) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     """The table as fixed-width text."""
+    width = max(20, *(len(r["controller"]) for r in rows))
     head = (
-        f"{'controller':<20} {'goodput':>8} {'underSLO':>8} {'TTFT50':>7} {'TTFT99':>7} "
+        f"{'controller':<{width}} {'goodput':>8} {'underSLO':>8} {'TTFT50':>7} {'TTFT99':>7} "
         f"{'TPOT50':>7} {'TPOT99':>7} {'attain':>6} {'mean k':>6} {'gp/best':>7} "
         f"{'slo/best':>8} {'slo/nospec':>10}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['controller']:<20} {r['goodput_tps']:8.0f} {r['goodput_under_slo_tps']:8.0f} "
+            f"{r['controller']:<{width}} {r['goodput_tps']:8.0f} {r['goodput_under_slo_tps']:8.0f} "
             f"{r['ttft_p50_s'] * 1e3:7.1f} {r['ttft_p99_s'] * 1e3:7.1f} "
             f"{r['tpot_p50_s'] * 1e3:7.2f} {r['tpot_p99_s'] * 1e3:7.2f} "
             f"{r['slo_attainment']:6.3f} {r['mean_k']:6.2f} {r['goodput_vs_best_static']:7.3f} "

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import shlex
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -311,6 +312,8 @@ def train(cfg: TrainConfig, run_dir: Path, train_env, eval_env, checks: dict) ->
             compare,
         ]
     )
+    # A scheduler's SIGTERM (preemption, timeout) saves like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.perf_counter()
     interrupted = False
     try:
@@ -346,6 +349,10 @@ def train(cfg: TrainConfig, run_dir: Path, train_env, eval_env, checks: dict) ->
     compare.close()
     print(json.dumps(summary, indent=2))
     return 130 if interrupted else 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
