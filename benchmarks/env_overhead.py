@@ -43,7 +43,7 @@ def run_env(env, engine: LiveEngine, k: int, seed: int) -> tuple[float, int, lis
         elapsed = time.perf_counter() - started
     finally:
         del engine.add_request
-    # admissions[0] came with reset (outside the timed loop); admissions[i] preceded step i.
+    # admissions[0] came with reset (outside the timed loop); admissions[i] followed step i.
     return elapsed, steps, admissions
 
 
@@ -54,10 +54,10 @@ def run_bare(engine: LiveEngine, k: int, admissions: list) -> tuple[float, int]:
         engine.add_request(request_id, prompt, output_tokens, **kwargs)
     started, steps = time.perf_counter(), 0
     for batch in admissions[1:]:
-        for request_id, prompt, output_tokens, kwargs in batch:
-            engine.add_request(request_id, prompt, output_tokens, **kwargs)
         engine.step(k)
         steps += 1
+        for request_id, prompt, output_tokens, kwargs in batch:
+            engine.add_request(request_id, prompt, output_tokens, **kwargs)
     return time.perf_counter() - started, steps
 
 

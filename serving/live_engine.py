@@ -179,6 +179,21 @@ class LiveEngine:
         self._collect(self._engine.step())
         return time.perf_counter() - started
 
+    def warm_up(self, batch_size: int = 4, steps_per_k: int = 3) -> None:
+        """Run a few steps at every k, then reset, so no measured step pays first-use costs.
+
+        The first step at a new shape compiles and allocates (about a second here); an
+        evaluation that does not warm up charges it to whichever controller runs first.
+        """
+        prompt = list(range(10, 42))
+        for i in range(batch_size):
+            self.add_request(f"warm-up-{i}", prompt, steps_per_k * (self.k_max + 1) * 2 + 2)
+        for k in range(self.k_max + 1):
+            for _ in range(steps_per_k):
+                if self.has_unfinished():
+                    self.step(k) if self.scheduler is not None else self.step_plain()
+        self.reset()
+
     def attach(self, controller: Controller | None, features: FeatureBuilder | None) -> None:
         """Let `controller` choose k at every step `step()` is called without one."""
         self._require_hook("a controller").attach(controller, features)

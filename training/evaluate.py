@@ -95,6 +95,8 @@ def evaluate(
         engines[True] = LiveEngine(env.engine)
     if any(not s.speculates for s in specs):
         engines[False] = LiveEngine(replace(env.engine, method="none", k_max=0))
+    for engine in engines.values():
+        engine.warm_up()
     prompts = PromptFactory(env.engine.model, weights=env.prompt_styles)
     replayers = {
         speculates: WorkloadReplayer(engine, prompts, env.slo, env.temperatures)

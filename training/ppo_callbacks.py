@@ -187,6 +187,7 @@ class CompareCallback(BaseCallback):
     def _replay(self, controller) -> dict[str, float]:
         if self._engine is None:
             self._engine = LiveEngine(self.env.engine)
+            self._engine.warm_up()
             prompts = PromptFactory(self.env.engine.model, weights=self.env.prompt_styles)
             self._replayer = WorkloadReplayer(
                 self._engine, prompts, self.env.slo, self.env.temperatures
