@@ -1,10 +1,13 @@
-"""Hand-made observations for controller tests."""
+"""Hand-made observations and step records for tests of the pure logic."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from agents.features import Observation
+from agents.records import FinishedRequest, RequestStep, StepRecord
 
 
 def observation(num_running: int, num_waiting: int = 0, **fields) -> Observation:
@@ -26,3 +29,33 @@ def observation(num_running: int, num_waiting: int = 0, **fields) -> Observation
         "per_request_acceptance": {},
     }
     return Observation(**(values | fields))
+
+
+def decode_step(
+    requests: Sequence[RequestStep] = (),
+    finished: Sequence[FinishedRequest] = (),
+    *,
+    started_at: float = 0.0,
+    step_time: float = 0.02,
+    k: int = 2,
+) -> StepRecord:
+    """A decode step of `requests` (no prefill, no queue); counts derived from the requests."""
+    return StepRecord(
+        step=0,
+        started_at=started_at,
+        step_time=step_time,
+        k=k,
+        draft_budget=k,
+        batch_size=len(requests),
+        num_running=len(requests),
+        num_waiting=0,
+        num_arrived=0,
+        decode_tokens=len(requests),
+        spec_tokens=sum(r.drafted for r in requests),
+        prefill_tokens=0,
+        prefill_tokens_waiting=0,
+        oldest_waiting_arrival=None,
+        kv_cache_usage=0.1,
+        requests=tuple(requests),
+        finished=tuple(finished),
+    )

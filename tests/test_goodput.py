@@ -10,7 +10,7 @@ from agents.controller import Controller
 from agents.goodput import ALPHA_MAX, GoodputController, best_k, expected_tokens
 from agents.records import FinishedRequest, RequestStep, StepRecord
 from agents.step_time import StepTimeModel
-from tests.factories import observation
+from tests.factories import decode_step, observation
 
 K_MAX = 4
 MAX_SEQS = 64
@@ -45,25 +45,7 @@ def step(*requests: tuple[str, int, int], finished: tuple[str, ...] = ()) -> Ste
         )
         for rid in finished
     )
-    return StepRecord(
-        step=0,
-        started_at=0.0,
-        step_time=0.02,
-        k=max((p.k for p in parts), default=0),
-        draft_budget=0,
-        batch_size=len(parts),
-        num_running=len(parts),
-        num_waiting=0,
-        num_arrived=0,
-        decode_tokens=len(parts),
-        spec_tokens=sum(p.drafted for p in parts),
-        prefill_tokens=0,
-        prefill_tokens_waiting=0,
-        oldest_waiting_arrival=None,
-        kv_cache_usage=0.1,
-        requests=parts,
-        finished=done,
-    )
+    return decode_step(parts, done, k=max((p.k for p in parts), default=0))
 
 
 def drive(controller: GoodputController, rate: float, steps: int = 60) -> None:

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from agents.records import FinishedRequest, RequestStep, StepRecord
+from agents.records import FinishedRequest, RequestStep
 from envs.ledger import SLO, RequestLedger, Violations
 from envs.reward import RewardWeights, step_reward
+from tests.factories import decode_step
 
 
 def req(rid, generated=1, output_tokens=1, first=None, drafted=0, accepted=0, k=2):
@@ -25,25 +26,7 @@ def req(rid, generated=1, output_tokens=1, first=None, drafted=0, accepted=0, k=
 
 
 def step(started, seconds, requests=(), finished=(), k=2):
-    return StepRecord(
-        step=0,
-        started_at=started,
-        step_time=seconds,
-        k=k,
-        draft_budget=k,
-        batch_size=len(requests),
-        num_running=len(requests),
-        num_waiting=0,
-        num_arrived=0,
-        decode_tokens=len(requests),
-        spec_tokens=sum(r.drafted for r in requests),
-        prefill_tokens=0,
-        prefill_tokens_waiting=0,
-        oldest_waiting_arrival=None,
-        kv_cache_usage=0.1,
-        requests=tuple(requests),
-        finished=tuple(finished),
-    )
+    return decode_step(requests, finished, started_at=started, step_time=seconds, k=k)
 
 
 def test_reward_is_goodput_above_reference_minus_violation_costs():
