@@ -47,6 +47,7 @@ def test_a_short_training_run_leaves_a_usable_policy(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["timesteps"] >= 256 and not summary["interrupted"]
     assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb")), "W&B logs offline by default"
 
     from stable_baselines3 import PPO
 

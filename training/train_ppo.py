@@ -120,8 +120,8 @@ class TrainConfig:
     """Also copy the best exported policy here (e.g. checkpoints/policies/ngram)."""
     resume: str | None = None
     """A checkpoint (.zip) to continue training from."""
-    track: bool = False
-    """Log to Weights & Biases (offline unless wandb_mode says otherwise)."""
+    track: bool = True
+    """Log to Weights & Biases (--no-track to skip); offline unless wandb_mode says otherwise."""
     wandb_project: str = "turbospec-rl"
     """W&B project; training.evaluate --track logs to the same one."""
     wandb_mode: str = "offline"
