@@ -41,10 +41,12 @@ class WorkloadReplayer:
         self._requests: tuple = ()
         self._next = 0
         self._rng = np.random.default_rng(0)
-        engine.clock = self._clock
 
     def start(self, workload: Trace, rng: np.random.Generator) -> None:
-        """Clear the engine and begin `workload`; prompts and temperatures are drawn from rng."""
+        """Clear the engine, make the replay's clock its clock, and begin `workload`.
+
+        Prompts and temperatures are drawn from rng.
+        """
         if not len(workload):
             raise ValueError(f"workload {workload.name} has no requests")
         self.engine.clock = self._clock

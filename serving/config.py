@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from safetensors import safe_open
 
+from serving.model_id import model_id
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LM_DIR = PROJECT_ROOT / "checkpoints" / "lm"
 
@@ -89,6 +91,11 @@ class EngineConfig:
         else:
             spec["model"] = self.draft_model
         return spec
+
+    def model_id(self) -> str:
+        """Content hash of the models this engine serves (and its draft, for draft_model)."""
+        folders = [self.model] + ([self.draft_model] if self.method == "draft_model" else [])
+        return model_id(*folders)
 
     def check_models(self) -> dict[str, Any]:
         """Check the model directories before vLLM loads them; return the target's config."""

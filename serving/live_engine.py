@@ -190,8 +190,12 @@ class LiveEngine:
             self.add_request(f"warm-up-{i}", prompt, steps_per_k * (self.k_max + 1) * 2 + 2)
         for k in range(self.k_max + 1):
             for _ in range(steps_per_k):
-                if self.has_unfinished():
-                    self.step(k) if self.scheduler is not None else self.step_plain()
+                if not self.has_unfinished():
+                    break
+                if self.scheduler is None:
+                    self.step_plain()  # a plain engine runs at its configured k
+                else:
+                    self.step(k)
         self.reset()
 
     def attach(self, controller: Controller | None, features: FeatureBuilder | None) -> None:

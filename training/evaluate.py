@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.features import FeatureBuilder, feature_names
+from agents.controller import Controller
+from agents.features import FeatureBuilder, FeatureConfig, feature_names
 from agents.registry import (
     NAMES_HELP,
     ControllerContext,
@@ -39,7 +40,7 @@ from envs.spec_decode_env import feature_config
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
 from serving.config import EngineConfig
 from serving.live_engine import LiveEngine
-from training.profile import default_profile_path, engine_model_id
+from training.profile import default_profile_path
 
 METRICS = (
     "goodput_tps",
@@ -66,17 +67,33 @@ class Run:
         return statistics.fmean(m[key] for m in self.metrics)
 
 
-def replay(replayer: WorkloadReplayer, workload: Trace, seed: int) -> tuple[dict, dict]:
-    """One full replay with whatever controller the engine has attached."""
-    replayer.start(workload, np.random.default_rng(seed))
+def replay(
+    replayer: WorkloadReplayer,
+    workload: Trace,
+    seed: int,
+    controller: Controller | None = None,
+    features: FeatureConfig | None = None,
+) -> tuple[dict, dict]:
+    """One full replay, `controller` choosing k inside the scheduler hook as in serving.
+
+    Without a controller the engine keeps its k (nospec's engine has none to choose).
+    """
+    engine = replayer.engine
+    if controller is not None:
+        engine.attach(controller, FeatureBuilder(features))
     timeline: dict[str, list[float]] = {k: [] for k in ("t", "k", "batch", "queue", "goodput")}
-    while not replayer.finished:
-        record, _ = replayer.step()
-        timeline["t"].append(record.finished_at)
-        timeline["k"].append(record.k)
-        timeline["batch"].append(record.batch_size)
-        timeline["queue"].append(record.num_waiting)
-        timeline["goodput"].append(record.generated / record.step_time)
+    try:
+        replayer.start(workload, np.random.default_rng(seed))
+        while not replayer.finished:
+            record, _ = replayer.step()
+            timeline["t"].append(record.finished_at)
+            timeline["k"].append(record.k)
+            timeline["batch"].append(record.batch_size)
+            timeline["queue"].append(record.num_waiting)
+            timeline["goodput"].append(record.generated / record.step_time)
+    finally:
+        if controller is not None:
+            engine.attach(None, None)
     return replayer.ledger.metrics(), timeline
 
 
@@ -116,16 +133,13 @@ def evaluate(
         for repeat in range(repeats):
             shift = repeat % len(runs)
             for run in runs[shift:] + runs[:shift]:
-                engine = engines[run.spec.speculates]
                 controller = build_controller(run.spec, context)
-                if controller is not None:
-                    engine.attach(controller, FeatureBuilder(features_config))
                 started = time.perf_counter()
-                metrics, run.timeline = replay(replayers[run.spec.speculates], workload, seed)
+                metrics, run.timeline = replay(
+                    replayers[run.spec.speculates], workload, seed, controller, features_config
+                )
                 metrics["wall_s"] = time.perf_counter() - started
                 run.metrics.append(metrics)
-                if controller is not None:
-                    engine.attach(None, None)
                 print(
                     f"  repeat {repeat + 1}/{repeats} {run.spec.name} "
                     f"goodput {metrics['goodput_tps']:7.0f} tok/s  "
@@ -252,7 +266,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[EnvConfig, list, Trace, Prof
         engine_config.check_models()
         profile = load_profile(
             args.profile or default_profile_path(args.method),
-            model_id=engine_model_id(engine_config),
+            model_id=engine_config.model_id(),
             method=args.method,
         )
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.features import SCHEMA_VERSION, FeatureBuilder, feature_names
+from agents.features import SCHEMA_VERSION, feature_names
 from agents.goodput import GoodputController
 from agents.policy import PPOController
 from agents.step_time import Profile
@@ -23,7 +23,6 @@ from envs.traces import PromptFactory, Trace
 from serving.live_engine import LiveEngine
 from training.evaluate import replay
 from training.export import export_policy
-from training.profile import engine_model_id
 from training.wandb_run import WandbRun
 
 EPISODE_KEYS = (
@@ -117,7 +116,7 @@ class CompareCallback(BaseCallback):
             feature_names=feature_names(self.env.feature_window),
             schema_version=SCHEMA_VERSION,
             k_max=engine.k_max,
-            engine=engine.as_dict() | {"model_id": engine_model_id(engine)},
+            engine=engine.as_dict() | {"model_id": engine.model_id()},
             train_config=dataclasses.asdict(self.cfg),
             obs_low=self.metrics.obs_low,
             obs_high=self.metrics.obs_high,
@@ -192,11 +191,8 @@ class CompareCallback(BaseCallback):
             self._replayer = WorkloadReplayer(
                 self._engine, prompts, self.env.slo, self.env.temperatures
             )
-        self._engine.attach(controller, FeatureBuilder(feature_config(self.env, self.env.engine)))
-        try:
-            metrics, _ = replay(self._replayer, self.workload, self.cfg.seed)
-        finally:
-            self._engine.attach(None, None)
+        features = feature_config(self.env, self.env.engine)
+        metrics, _ = replay(self._replayer, self.workload, self.cfg.seed, controller, features)
         return metrics
 
 

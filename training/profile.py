@@ -25,7 +25,6 @@ from agents.step_time import Profile, StepTimeModel
 from envs.traces import PromptFactory
 from serving.config import PROJECT_ROOT, EngineConfig
 from serving.live_engine import LiveEngine
-from serving.model_id import model_id
 
 PROFILE_DIR = PROJECT_ROOT / "checkpoints" / "profiles"
 SETTLE_STEPS = 2
@@ -35,12 +34,6 @@ SETTLE_STEPS = 2
 def default_profile_path(method: str) -> Path:
     """Where the profile of a method lives."""
     return PROFILE_DIR / f"{method}.json"
-
-
-def engine_model_id(config: EngineConfig) -> str:
-    """The id of the model (and draft, for draft_model) an engine serves."""
-    folders = [config.model] + ([config.draft_model] if config.method == "draft_model" else [])
-    return model_id(*folders)
 
 
 def measure(engine: LiveEngine, factory: PromptFactory, batch_sizes, contexts, steps, bar):
@@ -162,7 +155,7 @@ def main() -> None:
     drafted = sum(s["drafted"] for s in samples)
     profile = Profile(
         model=os.path.relpath(config.model, PROJECT_ROOT),
-        model_id=engine_model_id(config),
+        model_id=config.model_id(),
         method=config.method,
         k_max=config.k_max,
         max_num_seqs=config.max_num_seqs,

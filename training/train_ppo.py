@@ -231,7 +231,7 @@ def check_inputs(cfg: TrainConfig, train_env, eval_env) -> dict[str, Any]:
     """Everything that can be wrong, checked before any engine starts."""
     from agents.step_time import load_profile
     from envs.traces import apply_replay, load_trace
-    from training.profile import default_profile_path, engine_model_id
+    from training.profile import default_profile_path
 
     trace = load_trace(train_env.trace, train_env.trace_format)
     if trace.duration_s < cfg.window_s:
@@ -250,7 +250,7 @@ def check_inputs(cfg: TrainConfig, train_env, eval_env) -> dict[str, Any]:
     train_env.engine.check_models()
     profile = load_profile(
         default_profile_path(cfg.method),
-        model_id=engine_model_id(train_env.engine),
+        model_id=train_env.engine.model_id(),
         method=cfg.method,
     )
     return {"held_back": held_back, "profile": profile}
