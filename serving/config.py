@@ -13,6 +13,9 @@ from serving.model_id import model_id
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LM_DIR = PROJECT_ROOT / "checkpoints" / "lm"
+PROFILE_DIR = PROJECT_ROOT / "checkpoints" / "profiles"
+SHIPPED_POLICY = PROJECT_ROOT / "checkpoints" / "policies" / "ngram"
+"""The trained policy shipped for the small model pair with ngram speculation."""
 
 Method = Literal["ngram", "draft_model", "none"]
 METHODS: tuple[str, ...] = ("ngram", "draft_model", "none")
@@ -143,3 +146,8 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     if not (folder / "tokenizer.json").is_file():
         raise ModelDirError(f"model directory {folder} has no tokenizer.json")
     return config
+
+
+def default_profile_path(method: str) -> Path:
+    """Where the step-time profile of a speculation method lives."""
+    return PROFILE_DIR / f"{method}.json"

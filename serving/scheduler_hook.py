@@ -15,6 +15,12 @@ k comes from, in order: a one-step decision set with `set_next(...)` (the enviro
 action), else the attached controller, else the last k used. It must lie in 0..k_max,
 where k_max is the engine's `num_speculative_tokens`.
 
+The hook is built on the synchronous `Scheduler`, which is what vLLM's CPU platform runs. With
+async scheduling (vLLM's GPU default for EAGLE, MTP and draft-model speculation) the engine
+schedules step t+1 before step t's drafts exist and keeps placeholder drafts in
+`spec_token_ids`, so neither the truncation nor the recorded counts would mean what they say
+here: the hook refuses that configuration instead (`check_sync_scheduling`).
+
 This module is the only place that reads vLLM's scheduler internals (pinned: vllm 0.32.0).
 """
 
@@ -46,11 +52,25 @@ def check_k(k: int, k_max: int, what: str = "k") -> int:
     return int(k)
 
 
+ASYNC_REFUSED = (
+    "the speculation-control scheduler needs synchronous scheduling, but async scheduling is "
+    "on: pass --no-async-scheduling (EngineArgs(async_scheduling=False)). Async scheduling "
+    "keeps placeholder drafts one step ahead, which per-step k control does not handle."
+)
+
+
+def check_sync_scheduling(scheduler_config) -> None:
+    """Raise ValueError if vLLM's scheduler config asks for async scheduling."""
+    if scheduler_config.async_scheduling:
+        raise ValueError(ASYNC_REFUSED)
+
+
 class SpecControlScheduler(Scheduler):
     """vLLM's synchronous V1 scheduler with per-step, per-request speculation length."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        check_sync_scheduling(self.scheduler_config)
         self.k_max: int = self.num_spec_tokens
         if self.k_max > 0:
             # Declare a dynamic schedule, as vLLM's own batch-size table does: this turns off

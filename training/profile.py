@@ -23,17 +23,11 @@ from tqdm import tqdm
 
 from agents.step_time import Profile, StepTimeModel
 from envs.traces import PromptFactory
-from serving.config import PROJECT_ROOT, EngineConfig
+from serving.config import PROJECT_ROOT, EngineConfig, default_profile_path
 from serving.live_engine import LiveEngine
 
-PROFILE_DIR = PROJECT_ROOT / "checkpoints" / "profiles"
 SETTLE_STEPS = 2
 """Steps dropped after k changes: their drafts were proposed under the previous budget."""
-
-
-def default_profile_path(method: str) -> Path:
-    """Where the profile of a method lives."""
-    return PROFILE_DIR / f"{method}.json"
 
 
 def measure(engine: LiveEngine, factory: PromptFactory, batch_sizes, contexts, steps, bar):

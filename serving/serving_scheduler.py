@@ -1,0 +1,129 @@
+"""The scheduler the OpenAI-compatible server runs: the hook plus the controller its settings name.
+
+`python -m serving.launch` installs `ServingScheduler` with `--scheduler-cls` and puts
+`ControllerSettings` in `--additional-config`; vLLM builds the scheduler inside the
+engine-core process, where this class builds the controller, attaches it and exports its
+decisions as Prometheus metrics. Problems with a policy artifact never stop the server (the
+guarded controller falls back); a malformed setting or a missing profile stops it at start.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agents.controller import Controller
+from agents.features import FeatureBuilder, FeatureConfig, feature_names
+from agents.guarded import FALLBACK, POLICY, GuardedController
+from agents.records import StepRecord
+from agents.registry import ControllerContext, build_controller, parse_controller
+from agents.step_time import load_profile
+from serving.controller_settings import CONFIG_KEY, ControllerSettings
+from serving.metrics import ControllerMetrics
+from serving.scheduler_hook import SpecControlScheduler
+
+LOGGER_NAME = "turbospec.serving"
+
+
+def _log_to_stderr() -> None:
+    # vLLM configures only its own "vllm" logger; without a handler of ours, INFO lines about
+    # the policy would be dropped in the engine-core process.
+    logger = logging.getLogger("turbospec")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s", "%m-%d %H:%M:%S")
+        )
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+class ServingScheduler(SpecControlScheduler):
+    """The speculation-control hook with a controller built from vLLM's additional_config."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        settings = ControllerSettings.from_additional_config(self.vllm_config.additional_config)
+        if settings is None:
+            raise ValueError(
+                f"{type(self).__name__} needs additional_config[{CONFIG_KEY!r}] naming a "
+                "controller; start the server with `python -m serving.launch`"
+            )
+        _log_to_stderr()
+        self.logger = logging.getLogger(LOGGER_NAME)
+        self.settings = settings
+        self.metrics = ControllerMetrics(settings.controller)
+        controller, features = self._build(settings)
+        if controller is not None:
+            self.attach(controller, features)
+        self._watch(controller)
+        self.add_listener(self._export)
+
+    def _build(
+        self, settings: ControllerSettings
+    ) -> tuple[Controller | None, FeatureBuilder | None]:
+        spec = parse_controller(settings.controller, self.k_max)
+        if not spec.speculates:
+            return None, None
+        profile = None
+        if spec.needs_profile:
+            speculative = self.vllm_config.speculative_config
+            method = speculative.method if speculative is not None else None
+            profile = load_profile(settings.profile, method=method)
+        feature_config = FeatureConfig(
+            k_max=self.k_max,
+            max_num_seqs=self.max_num_running_reqs,
+            max_num_batched_tokens=self.max_num_scheduled_tokens,
+            ttft_slo_s=settings.ttft_slo_s,
+            tpot_slo_s=settings.tpot_slo_s,
+        )
+        context = ControllerContext(
+            k_max=self.k_max,
+            max_num_seqs=self.max_num_running_reqs,
+            feature_names=feature_names(feature_config.window),
+            ttft_slo_s=settings.ttft_slo_s,
+            tpot_slo_s=settings.tpot_slo_s,
+            profile=profile,
+        )
+        return build_controller(spec, context), FeatureBuilder(feature_config)
+
+    def _watch(self, controller: Controller | None) -> None:
+        """Log which controller decides and keep the metrics told of every switch."""
+        name = controller.name if controller is not None else "nospec"
+        self.logger.info(
+            "speculation control: %s chooses k in 0..%d at every step",
+            self.settings.controller,
+            self.k_max,
+        )
+        if not isinstance(controller, GuardedController):
+            self.metrics.set_deciding(name)
+            return
+        if controller.policy is not None:
+            meta = controller.metadata
+            self.logger.info(
+                "speculation control: policy loaded from %s (schema v%s, k_max %s, trained "
+                "with %s on model %s, config %s); fallback %s",
+                self.settings.controller.partition(":")[2],
+                meta.get("schema_version"),
+                meta.get("k_max"),
+                meta.get("engine", {}).get("method"),
+                meta.get("model_id"),
+                meta.get("train_config_hash"),
+                controller.fallback.name,
+            )
+            self.metrics.set_deciding(POLICY)
+        else:
+            # The load failure was logged by the controller before a listener could hear it.
+            self.metrics.switched(controller.last_reason)
+            self.metrics.set_deciding(FALLBACK)
+
+        def on_switch(reason: str) -> None:
+            self.metrics.switched(reason)
+            self.metrics.set_deciding(controller.active)
+
+        controller.on_switch = on_switch
+
+    def _export(self, record: StepRecord) -> None:
+        self.metrics.step(record)
+        if isinstance(self.controller, GuardedController):
+            self.metrics.fallback_counts(self.controller.counts)
