@@ -100,14 +100,15 @@ class ServingScheduler(SpecControlScheduler):
             return
         if controller.policy is not None:
             meta = controller.metadata
+            trained_on = meta.get("engine", {})
             self.logger.info(
                 "speculation control: policy loaded from %s (schema v%s, k_max %s, trained "
                 "with %s on model %s, config %s); fallback %s",
                 self.settings.controller.partition(":")[2],
                 meta.get("schema_version"),
                 meta.get("k_max"),
-                meta.get("engine", {}).get("method"),
-                meta.get("model_id"),
+                trained_on.get("method"),
+                trained_on.get("model_id"),
                 meta.get("train_config_hash"),
                 controller.fallback.name,
             )
