@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export NUMBA_NUM_THREADS ?= 1
 
-.PHONY: setup test train lint lm bench-hook clean-venv
+.PHONY: setup test train serve lint lm bench-hook clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: setup
 
 train: setup
 	$(PY) -m training.train_ppo
+
+serve: setup
+	$(PY) -m serving.launch
 
 lint: setup
 	$(VENV)/bin/ruff check .
