@@ -67,16 +67,17 @@ def build_parser():
     choice.add_argument(
         "--policy",
         help="an exported policy folder: serve with the guarded PPO controller (fallback: "
-        f"goodput). Default with no arguments at all: {SHIPPED_POLICY}",
+        f"goodput). Unset and no arguments at all: {SHIPPED_POLICY}",
     )
     choice.add_argument(
         "--controller",
-        help="any controller name instead: goodput (the default when arguments are given), "
+        help="any controller name instead: goodput (used when arguments but no --policy are "
+        "given), "
         "goodput-per-request, static:K, vllm-schedule, nospec, guarded:DIR",
     )
     group.add_argument(
         "--profile",
-        help="the engine's step-time profile JSON (default: checkpoints/profiles/<method>.json)",
+        help="the engine's step-time profile JSON; unset: checkpoints/profiles/<method>.json",
     )
     group.add_argument("--ttft-slo-s", type=float, default=DEFAULT_TTFT_SLO_S, help="TTFT SLO")
     group.add_argument("--tpot-slo-s", type=float, default=DEFAULT_TPOT_SLO_S, help="TPOT SLO")
