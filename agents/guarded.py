@@ -13,6 +13,9 @@ analytic `GoodputController`) decides instead, and the reason is counted, when:
   the fallback would choose another k (`slo_guard`).
 
 `decide` never raises because of the policy, its artifact or the observation.
+
+A residual policy (see `agents.policy`) offsets the fallback's k: the fallback is then also
+its base, and it decides on every step either way.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ import numpy as np
 
 from agents.controller import Controller, Decision
 from agents.features import Observation
-from agents.policy import ARTIFACT_CORRUPT, NumpyPolicy, PolicyError, load_policy
+from agents.policy import (
+    ARTIFACT_CORRUPT,
+    RESIDUAL,
+    NumpyPolicy,
+    PolicyError,
+    load_policy,
+    residual_k,
+)
 from agents.records import StepRecord
 
 LOGGER_NAME = "turbospec.guard"
@@ -114,6 +124,9 @@ class GuardedController:
 
         self.policy: NumpyPolicy | None = None
         self.metadata: dict[str, Any] | None = None
+        self.residual = False
+        """Whether the loaded policy offsets the fallback's k rather than choosing k."""
+        self._offset_max = 0
         self._load_reason = ""
         try:
             self.policy, self.metadata = load_policy(
@@ -127,6 +140,8 @@ class GuardedController:
             self.logger.exception("loading policy %s failed unexpectedly", policy_path)
             self._load_failed(ARTIFACT_CORRUPT, repr(e))
         if self.policy is not None:
+            self.residual = self.metadata.get("action_mode") == RESIDUAL
+            self._offset_max = self.metadata.get("offset_max", 0)
             obs_range = self.metadata["obs_range"]
             low = np.asarray(obs_range["low"], dtype=np.float64)
             high = np.asarray(obs_range["high"], dtype=np.float64)
@@ -165,7 +180,10 @@ class GuardedController:
                 reason = OBS_OUT_OF_RANGE if finite else OBS_NONFINITE
             else:
                 k = policy.act(vector)
-                if not 0 <= k <= self.k_max:
+                if self.residual:
+                    base = self.fallback.decide(obs)
+                    k = residual_k(base.k, k, self._offset_max, self.k_max)
+                elif not 0 <= k <= self.k_max:
                     raise PolicyError(f"policy chose k={k!r} outside 0..{self.k_max}")
         except Exception:
             # A wrongly shaped vector fails here too, in the range check or the matmul.
@@ -176,7 +194,7 @@ class GuardedController:
         if reason is not None:
             return self._use_fallback(obs, reason)
         if self._slo_low:
-            decision = self.fallback.decide(obs)
+            decision = base if self.residual else self.fallback.decide(obs)
             if decision.k != k:
                 return self._record_fallback(decision, SLO_GUARD)
             # Agreement changes nothing, so a guard engaged for a while does not flap.

@@ -8,7 +8,13 @@
 - `policy.json`: what is needed to run and trust them: the format tag, the feature schema
   version and names, k_max, the activation, the layer names in order, the observation
   normalisation (VecNormalize statistics, or null), the per-feature range seen in training,
-  the engine it was trained on, a hash of the training config and the creation time.
+  the engine it was trained on, a hash of the training config and the creation time, and the
+  action mode.
+
+Action modes: `absolute` (the logits are k = 0..k_max) and `residual` (the logits are offsets
+-m..+m, `offset_max` = m, added to the k a base controller, normally the analytic goodput
+controller, chooses for the same step; the sum is clipped to 0..k_max). A policy.json without
+`action_mode` predates residual policies and is absolute.
 
 Loading reads JSON and safetensors only, never pickle, so an artifact cannot run code, and
 checks the artifact against what the caller expects (feature schema, names, k_max) before
@@ -26,7 +32,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file
 
-from agents.controller import Decision
+from agents.controller import Controller, Decision
 from agents.features import Observation
 from agents.records import StepRecord
 
@@ -36,6 +42,12 @@ METADATA_FILE = "policy.json"
 WEIGHTS_FILE = "policy.safetensors"
 ACTIVATIONS = ("tanh", "relu")
 """Hidden-layer activations the numpy forward pass implements."""
+
+ABSOLUTE = "absolute"
+"""Action mode: the policy's action is k itself."""
+RESIDUAL = "residual"
+"""Action mode: the policy's action is an offset to a base controller's k."""
+ACTION_MODES = (ABSOLUTE, RESIDUAL)
 
 ARTIFACT_MISSING = "artifact_missing"
 """PolicyError.reason: the directory or one of its files does not exist."""
@@ -52,6 +64,23 @@ class PolicyError(ValueError):
         super().__init__(message)
         self.reason = reason
         """ARTIFACT_MISSING, ARTIFACT_CORRUPT or ARTIFACT_MISMATCH."""
+
+
+def residual_k(base_k: int, action: int, offset_max: int, k_max: int) -> int:
+    """The k of a residual action: base_k + (action - offset_max), clipped to 0..k_max.
+
+    Actions 0..2 * offset_max are the offsets -offset_max..+offset_max, so the middle action
+    keeps the base controller's k.
+    """
+    k = base_k + action - offset_max
+    return 0 if k < 0 else k_max if k > k_max else k
+
+
+def action_count(metadata: Mapping[str, Any]) -> int:
+    """The number of logits an artifact's policy has: k_max + 1, or 2 * offset_max + 1."""
+    if metadata.get("action_mode", ABSOLUTE) == RESIDUAL:
+        return 2 * metadata["offset_max"] + 1
+    return metadata["k_max"] + 1
 
 
 @dataclass(frozen=True)
@@ -117,7 +146,7 @@ class NumpyPolicy:
         self.n_features: int = weights[0][0].shape[0]
         """Length of the observation vector."""
         self.n_actions: int = width
-        """Number of logits: k_max + 1."""
+        """Number of logits: k_max + 1, or 2 * offset_max + 1 for a residual policy."""
 
         self._relu = activation == "relu"
         self._zero = np.zeros((), dtype=np.float32)
@@ -241,6 +270,15 @@ def _check_metadata(meta_path: Path, meta: dict[str, Any]) -> None:
         value = meta.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise fail(f"{key} must be an integer >= 0, found {value!r}")
+    mode = meta.get("action_mode", ABSOLUTE)
+    if mode not in ACTION_MODES:
+        raise fail(
+            f"unknown action_mode {mode!r}, expected one of {ACTION_MODES}", ARTIFACT_MISMATCH
+        )
+    if mode == RESIDUAL:
+        value = meta.get("offset_max")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise fail(f"a residual policy needs an integer offset_max >= 1, found {value!r}")
     for key in ("feature_names", "layers"):
         value = meta.get(key)
         if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
@@ -291,7 +329,7 @@ def _build_policy(
         if not np.isfinite(tensor).all():
             raise fail(f"tensor {key} holds NaN or infinite values")
 
-    n_features, n_actions = len(meta["feature_names"]), meta["k_max"] + 1
+    n_features, n_actions = len(meta["feature_names"]), action_count(meta)
     width = n_features
     for i, name in enumerate(names):
         weight, bias = tensors[f"{name}.weight"], tensors[f"{name}.bias"]
@@ -349,16 +387,33 @@ def _names_difference(expected: Sequence[str], found: Sequence[str]) -> str:
 class PPOController:
     """Chooses k with an exported PPO policy: the deterministic action on the feature vector.
 
-    Unguarded: it trusts every observation and the policy. Serving uses
-    `agents.guarded.GuardedController`, which wraps the same policy with fallbacks.
+    A residual policy offsets the k of `base` (see the module docstring), which this
+    controller then drives: it passes `reset` and `observe` on, so the base's state is the
+    same as if it were deciding alone. Unguarded: it trusts every observation and the policy.
+    Serving uses `agents.guarded.GuardedController`, which wraps the same policy with
+    fallbacks.
     """
 
     name = "ppo"
 
-    def __init__(self, policy: NumpyPolicy, metadata: Mapping[str, Any]) -> None:
+    def __init__(
+        self, policy: NumpyPolicy, metadata: Mapping[str, Any], base: Controller | None = None
+    ) -> None:
+        """Raises PolicyError (artifact_mismatch) for a residual policy without a `base`."""
         self.policy = policy
         self.metadata = metadata
         """The artifact's policy.json, e.g. for its engine and training-config hash."""
+        self.residual = metadata.get("action_mode", ABSOLUTE) == RESIDUAL
+        """Whether the policy's actions are offsets to `base`'s k."""
+        if self.residual and base is None:
+            raise PolicyError(
+                "a residual policy needs the base controller whose k it offsets",
+                ARTIFACT_MISMATCH,
+            )
+        self.base = base if self.residual else None
+        """The controller a residual policy offsets (None for an absolute policy)."""
+        self._offset_max = metadata.get("offset_max", 0)
+        self._k_max = metadata["k_max"]
 
     @classmethod
     def load(
@@ -368,19 +423,30 @@ class PPOController:
         schema_version: int | None = None,
         feature_names: Sequence[str] | None = None,
         k_max: int | None = None,
+        base: Controller | None = None,
     ) -> PPOController:
-        """A controller for the artifact at `path`, checked as `load_policy` checks it."""
+        """A controller for the artifact at `path`, checked as `load_policy` checks it.
+
+        `base` is required by residual policies and ignored by absolute ones.
+        """
         policy, metadata = load_policy(
             path, schema_version=schema_version, feature_names=feature_names, k_max=k_max
         )
-        return cls(policy, metadata)
+        return cls(policy, metadata, base)
 
     def reset(self) -> None:
-        """The policy is a function of the observation alone: nothing to forget."""
+        """An absolute policy is a function of the observation alone; reset a residual's base."""
+        if self.base is not None:
+            self.base.reset()
 
     def decide(self, obs: Observation) -> Decision:
         """The policy's deterministic k for the observation's feature vector."""
-        return Decision(self.policy.act(obs.vector))
+        action = self.policy.act(obs.vector)
+        if self.base is None:
+            return Decision(action)
+        return Decision(residual_k(self.base.decide(obs).k, action, self._offset_max, self._k_max))
 
     def observe(self, record: StepRecord) -> None:
-        """Everything the policy needs is already in the next observation."""
+        """Pass the step to a residual policy's base; the policy itself reads observations."""
+        if self.base is not None:
+            self.base.observe(record)

@@ -38,7 +38,8 @@ class ControllerSpec:
     @property
     def needs_profile(self) -> bool:
         """Whether building it needs the engine's step-time profile."""
-        return self.kind in ("vllm-schedule", "goodput", "goodput-per-request", "guarded")
+        # ppo: a residual policy offsets the goodput controller's k.
+        return self.kind in ("vllm-schedule", "goodput", "goodput-per-request", "ppo", "guarded")
 
     @property
     def speculates(self) -> bool:
@@ -83,14 +84,18 @@ def build_controller(spec: ControllerSpec, context: ControllerContext) -> Contro
         return None
     if spec.kind == "static":
         return StaticController(spec.k)
+    profile = context.profile
     if spec.kind == "ppo":
+        base = None
+        if profile is not None:
+            base = GoodputController(profile.step_time, context.k_max, context.max_num_seqs)
         return PPOController.load(
             spec.path,
             schema_version=SCHEMA_VERSION,
             feature_names=context.feature_names,
             k_max=context.k_max,
+            base=base,
         )
-    profile = context.profile
     if profile is None:
         raise ValueError(f"controller {spec.name!r} needs a step-time profile")
     if spec.kind == "vllm-schedule":

@@ -8,7 +8,9 @@ p99 in microseconds against the 20 us target for the median.
     python -m benchmarks.decision_time [--policy DIR] [--calls 20000]
 
 Without --policy, a freshly initialised SB3 PPO MlpPolicy (default net_arch: two 64-unit tanh
-layers) over `feature_names()` with k_max 4 is exported to a temporary directory first.
+layers) over `feature_names()` with k_max 4 is exported to a temporary directory first
+(--offset-max M: a residual one, offsets -M..+M). A residual policy's time includes its base,
+the goodput controller.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from agents.features import (
 )
 from agents.goodput import GoodputController
 from agents.guarded import GuardedController
-from agents.policy import PPOController
+from agents.policy import PPOController, load_policy
 from agents.step_time import StepTimeModel
 
 TARGET_US = 20.0
@@ -43,8 +45,11 @@ STEP_TIME = StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0)
 """A plausible step-time model for the fallback; its numbers do not affect the timing."""
 
 
-def export_fresh_policy(out_dir: Path, config: FeatureConfig) -> Path:
-    """Export an untrained PPO MlpPolicy with the observation and action spaces of `config`."""
+def export_fresh_policy(out_dir: Path, config: FeatureConfig, offset_max: int = 0) -> Path:
+    """Export an untrained PPO MlpPolicy with the observation and action spaces of `config`.
+
+    With `offset_max` >= 1 the policy is residual: its actions are offsets -M..+M.
+    """
     # Imported here: timing an existing artifact should not pay for torch.
     import gymnasium
     from stable_baselines3 import PPO
@@ -57,7 +62,9 @@ def export_fresh_policy(out_dir: Path, config: FeatureConfig) -> Path:
         """Just the spaces: PPO builds its policy from them without stepping."""
 
         observation_space = gymnasium.spaces.Box(low, high, dtype=np.float32)
-        action_space = gymnasium.spaces.Discrete(config.k_max + 1)
+        action_space = gymnasium.spaces.Discrete(
+            2 * offset_max + 1 if offset_max else config.k_max + 1
+        )
 
     model = PPO("MlpPolicy", SpacesOnly(), seed=0, device="cpu")
     return export_policy(
@@ -68,6 +75,8 @@ def export_fresh_policy(out_dir: Path, config: FeatureConfig) -> Path:
         k_max=config.k_max,
         engine={"method": "none", "model": "untrained"},
         train_config={"benchmark": "decision_time"},
+        action_mode="residual" if offset_max else "absolute",
+        offset_max=offset_max,
     )
 
 
@@ -100,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", type=Path, help="an exported policy directory")
     parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--offset-max", type=int, default=0, help="fresh residual policy")
     args = parser.parse_args()
 
     config = FeatureConfig(
@@ -110,10 +120,11 @@ def main() -> None:
         tpot_slo_s=0.1,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        policy_dir = args.policy or export_fresh_policy(Path(tmp), config)
-        ppo = PPOController.load(policy_dir)
-        k_max = ppo.metadata["k_max"]
+        policy_dir = args.policy or export_fresh_policy(Path(tmp), config, args.offset_max)
+        k_max = load_policy(policy_dir)[1]["k_max"]
         fallback = GoodputController(STEP_TIME, k_max, MAX_NUM_SEQS)
+        base = GoodputController(STEP_TIME, k_max, MAX_NUM_SEQS)
+        ppo = PPOController.load(policy_dir, base=base)
         guarded = GuardedController(
             policy_dir,
             fallback,

@@ -10,7 +10,11 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers SpecDecode-v0)
 from agents.features import feature_names
+from agents.goodput import GoodputController
+from agents.policy import residual_k
+from agents.step_time import StepTimeModel
 from envs.config import EnvConfig
+from envs.residual import ResidualActions
 from envs.spec_decode_env import SpecDecodeEnv
 from envs.traces import ReplayOptions, apply_replay, load_trace
 
@@ -88,6 +92,35 @@ def test_bad_action_is_rejected(engine):
     with pytest.raises(ValueError, match="action -1"):
         env.step(-1)
     env.step(2)
+
+
+def test_residual_actions_offset_the_base_controllers_k(engine):
+    base = GoodputController(StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0), engine.k_max, 8)
+    env = ResidualActions(make_env(engine), base, offset_max=1)
+    assert env.action_space.n == 3
+    env.reset(seed=0)
+    rng = np.random.default_rng(1)
+    ks, alphas, terminated = set(), set(), False
+    while not terminated:
+        action = int(rng.integers(3))
+        # The base decides on the observation the step starts from, as in serving.
+        expected_base = base.decide(env.unwrapped.observation).k
+        *_, terminated, truncated, info = env.step(action)
+        assert info["base_k"] == expected_base
+        assert info["k"] == residual_k(expected_base, action, 1, engine.k_max)
+        assert info["record"].k == info["k"], "the engine ran the offset k"
+        ks.add(info["k"])
+        alphas.add(base.alpha)
+        assert not truncated
+    assert len(ks) > 1
+    assert alphas - {base.prior}, "the base saw the steps' acceptance"
+    env.reset(seed=0)
+    while base.alpha == base.prior:
+        env.step(1)
+    env.reset(seed=0)
+    assert base.alpha == base.prior, "reset forgets the base's acceptance"
+    with pytest.raises(ValueError, match=r"outside Discrete\(3\)"):
+        env.step(3)
 
 
 def test_bad_env_config():

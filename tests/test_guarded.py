@@ -309,3 +309,32 @@ def test_goodput_fallback_end_to_end(artifact, obs):
     guard.observe(finished_step(2, met=True))
     guard.reset()
     assert guard.decide(obs).k in range(5)
+
+
+@pytest.fixture(scope="module")
+def residual_artifact(tmp_path_factory) -> Path:
+    return export_fresh_policy(tmp_path_factory.mktemp("residual"), CONFIG, offset_max=1)
+
+
+@pytest.mark.parametrize("fallback_k", [0, 2, 4])
+def test_residual_policy_offsets_the_fallbacks_k(residual_artifact, obs, fallback_k):
+    policy, meta = load_policy(residual_artifact)
+    assert (meta["action_mode"], policy.n_actions) == ("residual", 3)
+    offset = policy.act(obs.vector) - 1
+    fallback = StubFallback(fallback_k)
+    guard, switches = make_guard(residual_artifact, fallback)
+    assert guard.residual
+    assert guard.decide(obs).k == min(max(fallback_k + offset, 0), 4)
+    assert fallback.decided == 1, "the fallback is the residual's base on every step"
+    assert (guard.counts, switches) == ({}, [])
+
+
+def test_residual_policy_under_the_slo_guard(residual_artifact, obs):
+    offset = load_policy(residual_artifact)[0].act(obs.vector) - 1
+    fallback = StubFallback(2)
+    guard, switches = make_guard(residual_artifact, fallback)
+    guard.observe(finished_step(WINDOW, met=False))
+    assert guard.decide(obs).k == 2
+    assert fallback.decided == 1, "the base's decision doubles as the fallback's"
+    expected = {SLO_GUARD: 1} if offset else {}
+    assert guard.counts == expected and switches == list(expected)

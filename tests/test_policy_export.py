@@ -20,6 +20,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from agents.features import SCHEMA_VERSION, feature_bounds, feature_names
+from agents.goodput import GoodputController
 from agents.policy import (
     ARTIFACT_CORRUPT,
     ARTIFACT_MISMATCH,
@@ -29,7 +30,12 @@ from agents.policy import (
     PolicyError,
     PPOController,
     load_policy,
+    residual_k,
 )
+from agents.records import RequestStep
+from agents.static import StaticController
+from agents.step_time import StepTimeModel
+from tests.factories import decode_step, observation
 from training.export import config_hash, export_policy
 
 K_MAX = 4
@@ -42,9 +48,9 @@ TRAIN_CONFIG = {"lr": 3e-4, "n_steps": 2048, "trace": "bursty"}
 class SpacesEnv(gymnasium.Env):
     """The speculation environment's spaces with random observations and no reward."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_actions: int = K_MAX + 1) -> None:
         self.observation_space = gymnasium.spaces.Box(LOW, HIGH, dtype=np.float32)
-        self.action_space = gymnasium.spaces.Discrete(K_MAX + 1)
+        self.action_space = gymnasium.spaces.Discrete(n_actions)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -54,8 +60,8 @@ class SpacesEnv(gymnasium.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
-def make_model(**policy_kwargs) -> PPO:
-    return PPO("MlpPolicy", SpacesEnv(), policy_kwargs=policy_kwargs, seed=0, device="cpu")
+def make_model(n_actions: int = K_MAX + 1, **policy_kwargs) -> PPO:
+    return PPO("MlpPolicy", SpacesEnv(n_actions), policy_kwargs=policy_kwargs, seed=0, device="cpu")
 
 
 def export(model: PPO, out_dir: Path, **kwargs) -> Path:
@@ -407,3 +413,112 @@ def test_matching_expectations_load(artifact):
     )
     assert (policy.n_features, policy.n_actions) == (len(NAMES), K_MAX + 1)
     assert meta["k_max"] == K_MAX
+
+
+@pytest.mark.parametrize(
+    ("base_k", "action", "offset_max", "expected"),
+    [
+        (2, 1, 1, 2),  # the middle action keeps the base's k
+        (2, 0, 1, 1),
+        (2, 2, 1, 3),
+        (0, 0, 1, 0),  # clipped at 0
+        (4, 2, 1, 4),  # clipped at k_max
+        (3, 0, 2, 1),
+        (3, 4, 2, 4),
+    ],
+)
+def test_residual_k(base_k, action, offset_max, expected):
+    assert residual_k(base_k, action, offset_max, K_MAX) == expected
+
+
+@pytest.fixture(scope="module")
+def residual_model() -> PPO:
+    return make_model(n_actions=3)
+
+
+@pytest.fixture(scope="module")
+def residual_artifact(residual_model, tmp_path_factory) -> Path:
+    return export(
+        residual_model, tmp_path_factory.mktemp("residual"), action_mode="residual", offset_max=1
+    )
+
+
+def test_residual_policy_offsets_its_base(residual_model, residual_artifact):
+    meta = json.loads((residual_artifact / METADATA_FILE).read_text())
+    assert (meta["action_mode"], meta["offset_max"], meta["k_max"]) == ("residual", 1, K_MAX)
+    with pytest.raises(PolicyError, match="base controller") as raised:
+        PPOController.load(residual_artifact)
+    assert raised.value.reason == ARTIFACT_MISMATCH
+
+    obs = sample_observations()
+    offsets, _ = residual_model.predict(obs, deterministic=True)
+    assert set(offsets.tolist()) == {0, 1, 2}, "every offset should occur to test them all"
+    for base_k in (0, 2, 4):
+        controller = PPOController.load(residual_artifact, base=StaticController(base_k))
+        found = [controller.decide(observation(2, vector=o)).k for o in obs]
+        expected = [min(max(base_k + int(a) - 1, 0), K_MAX) for a in offsets]
+        assert found == expected
+
+
+def test_residual_policy_drives_its_base(residual_artifact):
+    base = GoodputController(StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0), K_MAX, 8)
+    controller = PPOController.load(residual_artifact, base=base)
+    controller.observe(
+        decode_step(
+            [
+                RequestStep(
+                    "a",
+                    k=4,
+                    drafted=4,
+                    accepted=0,
+                    generated=1,
+                    prefill_tokens=0,
+                    output_tokens=5,
+                    first_token_at=0.0,
+                )
+            ]
+        )
+    )
+    assert base.alpha < base.prior, "the base learns acceptance from the steps it is given"
+    controller.reset()
+    assert base.alpha == base.prior
+
+
+def test_artifact_without_action_mode_is_absolute(artifact_copy):
+    meta = json.loads((artifact_copy / METADATA_FILE).read_text())
+    assert meta.pop("action_mode") == "absolute"
+    (artifact_copy / METADATA_FILE).write_text(json.dumps(meta))
+    controller = PPOController.load(artifact_copy)
+    assert not controller.residual and controller.base is None
+    obs = sample_observations(20, 0)
+    found = [controller.decide(observation(2, vector=o)).k for o in obs]
+    assert found == [controller.policy.act(o) for o in obs]
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason", "message"),
+    [
+        ({"action_mode": "sideways"}, ARTIFACT_MISMATCH, "unknown action_mode 'sideways'"),
+        ({"offset_max": None}, ARTIFACT_CORRUPT, "needs an integer offset_max >= 1"),
+        ({"offset_max": 0}, ARTIFACT_CORRUPT, "needs an integer offset_max >= 1"),
+        ({"offset_max": 2}, ARTIFACT_CORRUPT, r"layer action_net: expected weight \(5, 64\)"),
+    ],
+)
+def test_broken_residual_metadata(changes, reason, message, residual_artifact, tmp_path):
+    copy = Path(shutil.copytree(residual_artifact, tmp_path / "policy"))
+    meta = json.loads((copy / METADATA_FILE).read_text()) | changes
+    (copy / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(PolicyError, match=message) as raised:
+        load_policy(copy)
+    assert raised.value.reason == reason
+
+
+def test_export_checks_the_action_mode(residual_model, tmp_path):
+    with pytest.raises(ValueError, match="action_mode"):
+        export(residual_model, tmp_path, action_mode="relative")
+    with pytest.raises(ValueError, match="offset_max >= 1"):
+        export(residual_model, tmp_path, action_mode="residual")
+    with pytest.raises(ValueError, match=r"not Discrete\(5\)"):
+        export(residual_model, tmp_path, action_mode="residual", offset_max=2)
+    with pytest.raises(ValueError, match=r"not Discrete\(5\)"):
+        export(residual_model, tmp_path)

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from agents.features import SCHEMA_VERSION, FeatureBuilder, FeatureConfig, feature_names
-from agents.policy import PPOController
+from agents.goodput import GoodputController
+from agents.policy import PPOController, residual_k
+from agents.step_time import StepTimeModel
 from training.cli import ConfigError, parse_config
 from training.train_ppo import TrainConfig, main
 
@@ -51,17 +53,24 @@ def test_a_short_training_run_leaves_a_usable_policy(tmp_path):
 
     from stable_baselines3 import PPO
 
+    # The default policy is residual: offsets -1..+1 to the goodput controller's k.
     model = PPO.load(run / "final_model.zip", device="cpu")
+    assert model.action_space.n == 3
+    base = GoodputController(StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0), 4, 8)
     controller = PPOController.load(
-        run / "policy", schema_version=SCHEMA_VERSION, feature_names=feature_names(), k_max=4
+        run / "policy", schema_version=SCHEMA_VERSION, feature_names=feature_names(), k_max=4,
+        base=base,
+    )  # fmt: skip
+    assert (controller.metadata["action_mode"], controller.metadata["offset_max"]) == (
+        "residual",
+        1,
     )
     builder = FeatureBuilder(FeatureConfig(k_max=4, max_num_seqs=8, max_num_batched_tokens=2048,
                                            ttft_slo_s=1.0, tpot_slo_s=0.05))  # fmt: skip
     obs = builder.build(0.0)
     k = controller.decide(obs).k
-    assert 0 <= k <= 4
-    expected, _ = model.predict(obs.vector, deterministic=True)
-    assert k == int(expected)
+    offset, _ = model.predict(obs.vector, deterministic=True)
+    assert k == residual_k(base.decide(obs).k, int(offset), 1, 4)
     assert controller.metadata["engine"]["method"] == "ngram"
     assert np.all(np.asarray(controller.metadata["obs_range"]["low"]) <= obs.vector + 1)
 
@@ -81,6 +90,8 @@ def exit_code(argv: list[str]) -> int:
         (["--total-timesteps", "many"], "total_timesteps expects int, got 'many'"),
         (["--method", "eagle"], "method='eagle' must be ngram or draft_model"),
         (["--eval-window-start-s", "10"], "eval_window_start_s=10.0 lies inside the training"),
+        (["--action-mode", "relative"], "action_mode='relative' must be absolute or residual"),
+        (["--offset-max", "0"], "offset_max=0 must be >= 1 in residual mode"),
     ],
 )
 def test_bad_arguments_fail_before_any_engine_starts(argv, message, tmp_path, capsys):
@@ -107,7 +118,7 @@ def test_a_terminated_run_saves_and_exports_before_exiting(tmp_path):
         "--trace", TINY_TRACE, "--window-s", "4", "--train-until-s", "30",
         "--eval-window-start-s", "32", "--eval-window-s", "4", "--total-timesteps", "100000",
         "--n-steps", "64", "--batch-size", "64", "--n-epochs", "1", "--eval-every", "0",
-        "--checkpoint-every", "64", "--max-num-seqs", "8",
+        "--checkpoint-every", "64", "--max-num-seqs", "8", "--action-mode", "absolute",
         "--output-dir", str(tmp_path), "--run-name", "stopped",
     ]  # fmt: skip
     env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
@@ -131,3 +142,5 @@ def test_a_terminated_run_saves_and_exports_before_exiting(tmp_path):
     assert summary["interrupted"] and 0 < summary["timesteps"] < 100000
     assert (run / "final_model.zip").is_file()
     assert (run / "policy" / "policy.safetensors").is_file()
+    meta = json.loads((run / "policy" / "policy.json").read_text())
+    assert meta["action_mode"] == "absolute" and meta["k_max"] == 4

@@ -25,7 +25,16 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
 
-from agents.policy import METADATA_FILE, POLICY_FORMAT, WEIGHTS_FILE, load_policy
+from agents.policy import (
+    ABSOLUTE,
+    ACTION_MODES,
+    METADATA_FILE,
+    POLICY_FORMAT,
+    RESIDUAL,
+    WEIGHTS_FILE,
+    action_count,
+    load_policy,
+)
 
 _ACTIVATION_NAMES = {torch.nn.Tanh: "tanh", torch.nn.ReLU: "relu"}
 _VERIFY_SAMPLES = 256
@@ -57,6 +66,8 @@ def export_policy(
     obs_var: np.ndarray | None = None,
     obs_clip: float | None = None,
     obs_epsilon: float = 1e-8,
+    action_mode: str = ABSOLUTE,
+    offset_max: int = 0,
 ) -> Path:
     """Write `policy.safetensors` and `policy.json` for `model` into `out_dir`; return it.
 
@@ -64,13 +75,22 @@ def export_policy(
     in-distribution); without them the observation space's bounds are used. `obs_mean`,
     `obs_var`, `obs_clip` and `obs_epsilon` are a VecNormalize's `obs_rms.mean`,
     `obs_rms.var`, `clip_obs` and `epsilon` when training normalised observations; give all
-    of mean, var and clip or none. Raises ValueError when the policy is not an MlpPolicy over
-    a flat Box with a Discrete(k_max + 1) action, or the arguments do not fit it, and
+    of mean, var and clip or none. `action_mode` is absolute (actions are k = 0..k_max) or
+    residual (actions are offsets -offset_max..+offset_max to a base controller's k; see
+    `agents.policy`). Raises ValueError when the policy is not an MlpPolicy over
+    a flat Box with a Discrete action of the mode's size, or the arguments do not fit it, and
     RuntimeError if the written artifact does not reproduce the policy's logits.
     """
+    if action_mode not in ACTION_MODES:
+        raise ValueError(f"action_mode={action_mode!r} must be one of {ACTION_MODES}")
+    if action_mode == RESIDUAL and offset_max < 1:
+        raise ValueError(f"a residual policy needs offset_max >= 1, got {offset_max}")
+    mode = {"action_mode": action_mode}
+    if action_mode == RESIDUAL:
+        mode["offset_max"] = offset_max
     policy = model.policy
     n = len(feature_names)
-    layers = _actor_layers(policy, n, k_max)
+    layers = _actor_layers(policy, n, action_count(mode | {"k_max": k_max}))
     activation = _ACTIVATION_NAMES[policy.activation_fn]
 
     low = policy.observation_space.low if obs_low is None else obs_low
@@ -105,6 +125,7 @@ def export_policy(
         "obs_normalization": normalization,
         "obs_range": {"low": low.tolist(), "high": high.tolist()},
         "engine": dict(engine),
+        **mode,
         "train_config_hash": config_hash(train_config),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -125,7 +146,7 @@ def export_policy(
 
 
 def _actor_layers(
-    policy: ActorCriticPolicy, n_features: int, k_max: int
+    policy: ActorCriticPolicy, n_features: int, n_actions: int
 ) -> list[tuple[str, torch.nn.Linear]]:
     """The actor's Linear layers in order, after checking the policy is the supported shape."""
     if type(policy) is not ActorCriticPolicy:
@@ -140,10 +161,13 @@ def _actor_layers(
             f"one entry per feature name"
         )
     if not isinstance(action_space, spaces.Discrete) or (action_space.n, action_space.start) != (
-        k_max + 1,
+        n_actions,
         0,
     ):
-        raise ValueError(f"action space {action_space} is not Discrete({k_max + 1}): k = 0..k_max")
+        raise ValueError(
+            f"action space {action_space} is not Discrete({n_actions}), one action per k "
+            f"(absolute) or per offset (residual)"
+        )
     if type(policy.pi_features_extractor) is not FlattenExtractor:
         raise ValueError(
             f"unsupported features extractor {type(policy.pi_features_extractor).__name__}: "

@@ -14,7 +14,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.features import SCHEMA_VERSION, feature_names
 from agents.goodput import GoodputController
-from agents.policy import PPOController
+from agents.policy import RESIDUAL, PPOController
 from agents.step_time import Profile
 from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
@@ -53,7 +53,8 @@ class EpisodeMetricsCallback(BaseCallback):
         low, high = obs.min(axis=0), obs.max(axis=0)
         self.obs_low = low if self.obs_low is None else np.minimum(self.obs_low, low)
         self.obs_high = high if self.obs_high is None else np.maximum(self.obs_high, high)
-        self._actions.append(np.asarray(self.locals["actions"]).reshape(-1))
+        # The k the engine ran, which differs from the action when actions are offsets.
+        self._actions.append(np.array([info["record"].k for info in self.locals["infos"]]))
         for info in self.locals["infos"]:
             metrics = info.get("episode_metrics")
             if metrics:
@@ -75,7 +76,12 @@ class CompareCallback(BaseCallback):
     """Every `eval_every` steps, replays the held-back window with the current policy
     (exported, run in numpy inside the scheduler hook, as serving runs it) and with the
     analytic goodput controller, on one evaluation engine; logs the policy's goodput and
-    goodput under SLO relative to the controller's and keeps the best model."""
+    goodput under SLO relative to the controller's and keeps the best model.
+
+    Each controller replays the window `eval_repeats` times, the two alternating, and the
+    metrics are averaged. The best model is the one with the best ratio of the policy's mean
+    goodput under SLO to the controller's in the same evaluation, so a replay the machine
+    happened to run fast, which lifts both, does not pick it."""
 
     def __init__(
         self,
@@ -99,7 +105,7 @@ class CompareCallback(BaseCallback):
         self._engine: LiveEngine | None = None
         self._replayer: WorkloadReplayer | None = None
         self._last_eval = 0
-        self._evaluations = 0
+        self._replays = 0
 
     def _on_step(self) -> bool:
         every = self.cfg.eval_every
@@ -120,26 +126,34 @@ class CompareCallback(BaseCallback):
             train_config=dataclasses.asdict(self.cfg),
             obs_low=self.metrics.obs_low,
             obs_high=self.metrics.obs_high,
+            action_mode=self.cfg.action_mode,
+            offset_max=self.cfg.offset_max if self.cfg.action_mode == RESIDUAL else 0,
         )
 
     def evaluate_now(self, model) -> dict[str, float]:
         """Replay the held-back window with the policy and the goodput controller."""
         self._last_eval = self.num_timesteps
-        self._evaluations += 1
         policy_dir = self.export(model, self.run_dir / "eval_policy")
-        controllers = {
-            "policy": PPOController.load(policy_dir),
-            "goodput": GoodputController(
-                self.profile.step_time, self.env.engine.k_max, self.env.engine.max_num_seqs
-            ),
+        engine = self.env.engine
+
+        def goodput_controller() -> GoodputController:
+            return GoodputController(self.profile.step_time, engine.k_max, engine.max_num_seqs)
+
+        build = {
+            "policy": lambda: PPOController.load(policy_dir, base=goodput_controller()),
+            "goodput": goodput_controller,
         }
-        order = list(controllers)
-        if self._evaluations % 2 == 0:  # alternate who goes first: drift hits both alike
-            order.reverse()
-        results = {}
-        for name in order:
-            results[name] = self._replay(controllers[name])
-        policy, goodput = results["policy"], results["goodput"]
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in build}
+        order = list(build)
+        for _ in range(self.cfg.eval_repeats):
+            self._replays += 1
+            # Alternate who goes first, so drift of the machine's speed hits both alike.
+            for name in order if self._replays % 2 else order[::-1]:
+                runs[name].append(self._replay(build[name]()))
+        policy, goodput = (
+            {key: float(np.mean([m[key] for m in runs[name]])) for key in runs[name][0]}
+            for name in ("policy", "goodput")
+        )
         row = {
             "timesteps": self.num_timesteps,
             "policy_goodput_tps": policy["goodput_tps"],
@@ -161,7 +175,7 @@ class CompareCallback(BaseCallback):
             log.write(json.dumps(row) + "\n")
         if (
             self.best is None
-            or row["policy_goodput_under_slo_tps"] > self.best["policy_goodput_under_slo_tps"]
+            or row["goodput_under_slo_ratio"] > self.best["goodput_under_slo_ratio"]
         ):
             self.best = row
             best_dir = self.run_dir / "best"

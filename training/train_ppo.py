@@ -104,6 +104,12 @@ class TrainConfig:
     """Entropy bonus coefficient."""
     net_arch: tuple[int, ...] = (64, 64)
     """Hidden layers of the policy and value networks."""
+    action_mode: str = "residual"
+    """absolute: the action is k; residual: an offset to the goodput controller's k."""
+    offset_max: int = 1
+    """Residual mode: the offsets are -offset_max..+offset_max (k is clipped to 0..k_max)."""
+    offset_zero_bias: float = 2.0
+    """Residual mode: initial logit bonus of offset 0, so training starts near the base."""
     seed: int = 0
     """Seed of PPO, the environments and the trace windows."""
     device: str = "cpu"
@@ -114,6 +120,8 @@ class TrainConfig:
     """Run folder name; None makes one from the method and the time."""
     eval_every: int = 5000
     """Evaluate against the goodput controller every this many steps (0: only at the end)."""
+    eval_repeats: int = 2
+    """Replays of the held-back window per controller and evaluation, alternating order."""
     checkpoint_every: int = 5000
     """Save a checkpoint every this many steps."""
     export_to: str | None = None
@@ -135,7 +143,18 @@ class TrainConfig:
                 f"eval_window_start_s={self.eval_window_start_s} lies inside the training "
                 f"range (before train_until_s={self.train_until_s})"
             )
-        for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs"):
+        if self.action_mode not in ("absolute", "residual"):
+            raise ValueError(f"action_mode={self.action_mode!r} must be absolute or residual")
+        if self.action_mode == "residual" and self.offset_max < 1:
+            raise ValueError(f"offset_max={self.offset_max} must be >= 1 in residual mode")
+        for name in (
+            "total_timesteps",
+            "n_envs",
+            "n_steps",
+            "batch_size",
+            "n_epochs",
+            "eval_repeats",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.wandb_mode not in ("offline", "online", "disabled"):
@@ -181,8 +200,12 @@ def env_config(cfg: TrainConfig, *, evaluation: bool = False):
     )
 
 
-def make_env(config, seed: int):
-    """A factory for SB3's vector envs: one environment (and its engine) per call."""
+def make_env(config, seed: int, offset_max: int = 0, step_time=None):
+    """A factory for SB3's vector envs: one environment (and its engine) per call.
+
+    With `offset_max` >= 1 the actions are offsets to a goodput controller's k (built from
+    `step_time`, the engine's profiled step-time model), as `ResidualActions` describes.
+    """
 
     def build():
         import gymnasium
@@ -190,7 +213,15 @@ def make_env(config, seed: int):
 
         import envs  # noqa: F401  (registers SpecDecode-v0)
 
-        env = Monitor(gymnasium.make("SpecDecode-v0", config=config))
+        env = gymnasium.make("SpecDecode-v0", config=config)
+        if offset_max:
+            from agents.goodput import GoodputController
+            from envs.residual import ResidualActions
+
+            engine = config.engine
+            base = GoodputController(step_time, engine.k_max, engine.max_num_seqs)
+            env = ResidualActions(env, base, offset_max)
+        env = Monitor(env)
         env.reset(seed=seed)
         return env
 
@@ -268,7 +299,12 @@ def train(cfg: TrainConfig, run_dir: Path, train_env, eval_env, checks: dict) ->
     from training.wandb_run import WandbRun
 
     torch.set_num_threads(1)
-    factories = [make_env(train_env, cfg.seed + i) for i in range(cfg.n_envs)]
+    residual = cfg.action_mode == "residual"
+    offset_max = cfg.offset_max if residual else 0
+    step_time = checks["profile"].step_time
+    factories = [
+        make_env(train_env, cfg.seed + i, offset_max, step_time) for i in range(cfg.n_envs)
+    ]
     vec_env = (
         SubprocVecEnv(factories, start_method="spawn") if cfg.n_envs > 1 else DummyVecEnv(factories)
     )
@@ -292,6 +328,11 @@ def train(cfg: TrainConfig, run_dir: Path, train_env, eval_env, checks: dict) ->
             device=cfg.device,
             verbose=0,
         )
+        if residual:
+            # Offsets start near 0: the first rollouts explore around the base controller
+            # instead of uniformly, and the deterministic policy starts as the base itself.
+            with torch.no_grad():
+                model.policy.action_net.bias[cfg.offset_max] += cfg.offset_zero_bias
     # TensorBoard and CSV in the run folder, and W&B when tracking, all from SB3's logger.
     logger = configure(str(run_dir / "tb"), ["tensorboard", "csv"])
     if tracker is not None:
