@@ -102,9 +102,10 @@ class ServingScheduler(SpecControlScheduler):
             meta = controller.metadata
             trained_on = meta.get("engine", {})
             self.logger.info(
-                "speculation control: policy loaded from %s (schema v%s, k_max %s, trained "
-                "with %s on model %s, config %s); fallback %s",
+                "speculation control: policy loaded from %s (%s, schema v%s, k_max %s, "
+                "trained with %s on model %s, config %s); fallback %s",
                 self.settings.controller.partition(":")[2],
+                "residual" if controller.residual else "absolute",
                 meta.get("schema_version"),
                 meta.get("k_max"),
                 trained_on.get("method"),
