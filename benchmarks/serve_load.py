@@ -28,12 +28,15 @@ import numpy as np
 from envs.config import EnvConfig
 from envs.ledger import SLO
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
-from serving.config import LM_DIR, SHIPPED_POLICY
+from serving.config import LM_DIR, PROJECT_ROOT, SHIPPED_POLICY
 from serving.launch import SERVED_NAME
 from serving.server_process import ServerProcess
 
 AZURE_CONV = "../shared/traces/AzureLLMInferenceTrace_conv.csv"
-DEFAULT_CONTROLLERS = f"guarded:{SHIPPED_POLICY},goodput,static:1,static:2,static:3,static:4,nospec"
+DEFAULT_CONTROLLERS = (
+    f"guarded:{SHIPPED_POLICY.relative_to(PROJECT_ROOT)},"
+    "goodput,static:1,static:2,static:3,static:4,nospec"
+)
 
 
 @dataclass
@@ -126,6 +129,10 @@ def warm_up(url: str) -> None:
             client.post(f"{url}/v1/completions", json=body).raise_for_status()
 
 
+def _shorten(name: str, width: int) -> str:
+    return name if len(name) <= width else "..." + name[3 - width :]
+
+
 def format_rows(rows: list[dict]) -> str:
     """The side-by-side table as text."""
     base = next((r for r in rows if r["controller"] == "goodput"), None)
@@ -137,7 +144,7 @@ def format_rows(rows: list[dict]) -> str:
     for r in rows:
         ratio = r["goodput_under_slo_tps"] / base["goodput_under_slo_tps"] if base else np.nan
         lines.append(
-            f"{r['controller'][-44:]:<44} {r['throughput_tps']:7.0f} "
+            f"{_shorten(r['controller'], 44):<44} {r['throughput_tps']:7.0f} "
             f"{r['goodput_under_slo_tps']:9.0f} {r['slo_attainment']:6.3f} "
             f"{r['ttft_p50_s']:7.3f} {r['ttft_p99_s']:7.3f} {r['tpot_p50_s']:7.4f} "
             f"{r['tpot_p99_s']:7.4f} {r['failed']:6.0f} {ratio:11.3f}"
