@@ -33,9 +33,9 @@ from agents.controller import Controller, Decision
 from agents.features import Observation
 from agents.policy import (
     ARTIFACT_CORRUPT,
-    RESIDUAL,
     NumpyPolicy,
     PolicyError,
+    is_residual,
     load_policy,
     residual_k,
 )
@@ -140,7 +140,7 @@ class GuardedController:
             self.logger.exception("loading policy %s failed unexpectedly", policy_path)
             self._load_failed(ARTIFACT_CORRUPT, repr(e))
         if self.policy is not None:
-            self.residual = self.metadata.get("action_mode") == RESIDUAL
+            self.residual = is_residual(self.metadata)
             self._offset_max = self.metadata.get("offset_max", 0)
             obs_range = self.metadata["obs_range"]
             low = np.asarray(obs_range["low"], dtype=np.float64)

@@ -76,9 +76,14 @@ def residual_k(base_k: int, action: int, offset_max: int, k_max: int) -> int:
     return 0 if k < 0 else k_max if k > k_max else k
 
 
+def is_residual(metadata: Mapping[str, Any]) -> bool:
+    """Whether an artifact's actions are offsets to a base controller's k (absolute if unset)."""
+    return metadata.get("action_mode", ABSOLUTE) == RESIDUAL
+
+
 def action_count(metadata: Mapping[str, Any]) -> int:
     """The number of logits an artifact's policy has: k_max + 1, or 2 * offset_max + 1."""
-    if metadata.get("action_mode", ABSOLUTE) == RESIDUAL:
+    if is_residual(metadata):
         return 2 * metadata["offset_max"] + 1
     return metadata["k_max"] + 1
 
@@ -403,7 +408,7 @@ class PPOController:
         self.policy = policy
         self.metadata = metadata
         """The artifact's policy.json, e.g. for its engine and training-config hash."""
-        self.residual = metadata.get("action_mode", ABSOLUTE) == RESIDUAL
+        self.residual = is_residual(metadata)
         """Whether the policy's actions are offsets to `base`'s k."""
         if self.residual and base is None:
             raise PolicyError(

@@ -14,7 +14,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.features import SCHEMA_VERSION, feature_names
 from agents.goodput import GoodputController
-from agents.policy import RESIDUAL, PPOController
+from agents.policy import PPOController
 from agents.step_time import Profile
 from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
@@ -127,7 +127,7 @@ class CompareCallback(BaseCallback):
             obs_low=self.metrics.obs_low,
             obs_high=self.metrics.obs_high,
             action_mode=self.cfg.action_mode,
-            offset_max=self.cfg.offset_max if self.cfg.action_mode == RESIDUAL else 0,
+            offset_max=self.cfg.residual_offsets,
         )
 
     def evaluate_now(self, model) -> dict[str, float]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from agents.policy import ACTION_MODES, RESIDUAL
 from envs.config import DEFAULT_TRACE
 
 RUNS_DIR = Path("runs")
@@ -104,7 +105,7 @@ class TrainConfig:
     """Entropy bonus coefficient."""
     net_arch: tuple[int, ...] = (64, 64)
     """Hidden layers of the policy and value networks."""
-    action_mode: str = "residual"
+    action_mode: str = RESIDUAL
     """absolute: the action is k; residual: an offset to the goodput controller's k."""
     offset_max: int = 1
     """Residual mode: the offsets are -offset_max..+offset_max (k is clipped to 0..k_max)."""
@@ -135,6 +136,11 @@ class TrainConfig:
     wandb_mode: str = "offline"
     """W&B mode: offline (no server needed; `wandb sync` uploads later), online or disabled."""
 
+    @property
+    def residual_offsets(self) -> int:
+        """offset_max of a residual policy, 0 for an absolute one (make_env and export take it)."""
+        return self.offset_max if self.action_mode == RESIDUAL else 0
+
     def __post_init__(self) -> None:
         if self.method not in ("ngram", "draft_model"):
             raise ValueError(f"method={self.method!r} must be ngram or draft_model")
@@ -143,9 +149,9 @@ class TrainConfig:
                 f"eval_window_start_s={self.eval_window_start_s} lies inside the training "
                 f"range (before train_until_s={self.train_until_s})"
             )
-        if self.action_mode not in ("absolute", "residual"):
+        if self.action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode={self.action_mode!r} must be absolute or residual")
-        if self.action_mode == "residual" and self.offset_max < 1:
+        if self.action_mode == RESIDUAL and self.offset_max < 1:
             raise ValueError(f"offset_max={self.offset_max} must be >= 1 in residual mode")
         for name in (
             "total_timesteps",
@@ -299,11 +305,10 @@ def train(cfg: TrainConfig, run_dir: Path, train_env, eval_env, checks: dict) ->
     from training.wandb_run import WandbRun
 
     torch.set_num_threads(1)
-    residual = cfg.action_mode == "residual"
-    offset_max = cfg.offset_max if residual else 0
     step_time = checks["profile"].step_time
     factories = [
-        make_env(train_env, cfg.seed + i, offset_max, step_time) for i in range(cfg.n_envs)
+        make_env(train_env, cfg.seed + i, cfg.residual_offsets, step_time)
+        for i in range(cfg.n_envs)
     ]
     vec_env = (
         SubprocVecEnv(factories, start_method="spawn") if cfg.n_envs > 1 else DummyVecEnv(factories)
@@ -328,7 +333,7 @@ def train(cfg: TrainConfig, run_dir: Path, train_env, eval_env, checks: dict) ->
             device=cfg.device,
             verbose=0,
         )
-        if residual:
+        if cfg.residual_offsets:
             # Offsets start near 0: the first rollouts explore around the base controller
             # instead of uniformly, and the deterministic policy starts as the base itself.
             with torch.no_grad():
