@@ -29,8 +29,7 @@ from envs.config import EnvConfig
 from envs.ledger import SLO
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
 from serving.config import LM_DIR, PROJECT_ROOT, SHIPPED_POLICY
-from serving.launch import SERVED_NAME
-from serving.server_process import ServerProcess
+from serving.server_process import ServerProcess, completion_request, stream_chunk
 
 AZURE_CONV = "../shared/traces/AzureLLMInferenceTrace_conv.csv"
 DEFAULT_CONTROLLERS = (
@@ -54,10 +53,7 @@ async def send(
 ) -> Outcome:
     """Wait `delay_s`, then stream one greedy completion and time its tokens."""
     await asyncio.sleep(delay_s)
-    body = {
-        "model": SERVED_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
-        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-    }  # fmt: skip
+    body = completion_request(prompt, max_tokens, stream=True)
     sent = time.perf_counter()
     first = last = None
     tokens = 0
@@ -66,9 +62,9 @@ async def send(
             if response.status_code != 200:
                 return Outcome(False)
             async for line in response.aiter_lines():
-                if not line.startswith("data: {"):
+                chunk = stream_chunk(line)
+                if chunk is None:
                     continue
-                chunk = json.loads(line.removeprefix("data: "))
                 if chunk.get("choices"):
                     last = time.perf_counter()
                     first = first or last
@@ -124,8 +120,7 @@ def warm_up(url: str) -> None:
     """A few requests of every length class, so the first replayed ones do not pay for it."""
     with httpx.Client(timeout=120) as client:
         for prompt_len, out in ((16, 16), (256, 64), (384, 128)):
-            body = {"model": SERVED_NAME, "prompt": [11] * prompt_len, "max_tokens": out,
-                    "temperature": 0.0, "ignore_eos": True}  # fmt: skip
+            body = completion_request([11] * prompt_len, out)
             client.post(f"{url}/v1/completions", json=body).raise_for_status()
 
 

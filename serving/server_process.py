@@ -1,7 +1,9 @@
-"""`ServerProcess`: `python -m serving.launch` in a child process, for benchmarks and tests."""
+"""`ServerProcess`: `python -m serving.launch` in a child process, for benchmarks and tests,
+and the completion requests they send it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from serving.config import PROJECT_ROOT
+from serving.launch import SERVED_NAME
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -21,6 +24,28 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def completion_request(prompt, max_tokens: int, *, stream: bool = False) -> dict:
+    """The body of a greedy completion of exactly `max_tokens` tokens (EOS ignored).
+
+    `prompt` is text or token ids. A streamed one asks for a last chunk with the usage.
+    """
+    body = {
+        "model": SERVED_NAME,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "ignore_eos": True,
+    }
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return body
+
+
+def stream_chunk(line: str) -> dict | None:
+    """The JSON chunk of one line of a streamed response, or None ("[DONE]", blank lines)."""
+    return json.loads(line.removeprefix("data: ")) if line.startswith("data: {") else None
 
 
 class ServerProcess:

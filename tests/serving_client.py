@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.launch import SERVED_NAME
+from serving.server_process import completion_request, stream_chunk
 
 
 @dataclass
@@ -25,28 +24,18 @@ def complete(
     client: httpx.Client, url: str, prompt, max_tokens: int, *, stream: bool = False
 ) -> Completion:
     """A greedy completion of exactly `max_tokens` tokens (EOS ignored)."""
-    body = {
-        "model": SERVED_NAME,
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-        "ignore_eos": True,
-    }
+    body = completion_request(prompt, max_tokens, stream=stream)
     if not stream:
         response = client.post(f"{url}/v1/completions", json=body)
         if response.status_code != 200:
             return Completion(response.status_code, error=response.text)
         data = response.json()
         return Completion(200, data["choices"][0]["text"], data["usage"]["completion_tokens"])
-    body |= {"stream": True, "stream_options": {"include_usage": True}}
     with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         if response.status_code != 200:
             return Completion(response.status_code, error=response.read().decode())
         result = Completion(200)
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line.removeprefix("data: "))
+        for chunk in filter(None, map(stream_chunk, response.iter_lines())):
             for choice in chunk.get("choices", ()):
                 result.text += choice["text"]
             if chunk.get("usage"):

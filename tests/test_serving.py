@@ -17,8 +17,7 @@ import pytest
 
 from envs.traces import PromptFactory
 from serving.config import LM_DIR, SHIPPED_POLICY
-from serving.launch import SERVED_NAME
-from serving.server_process import ServerProcess
+from serving.server_process import ServerProcess, completion_request
 from tests import serving_faults
 from tests.serving_client import Completion, complete, metric
 
@@ -100,14 +99,10 @@ def test_invalid_requests_get_a_4xx_and_the_server_keeps_serving(policy_server):
             headers={"content-type": "application/json"},
         )
         assert 400 <= bad_json.status_code < 500
-        negative = client.post(
-            url, json={"model": "turbospec-small", "prompt": "x", "max_tokens": -1}
-        )
+        negative = client.post(url, json=completion_request("x", -1))
         assert negative.status_code == 400
         assert "max_tokens" in negative.text
-        too_long = client.post(
-            url, json={"model": SERVED_NAME, "prompt": [11] * 1100, "max_tokens": 4}
-        )
+        too_long = client.post(url, json=completion_request([11] * 1100, 4))
         assert too_long.status_code == 400
         assert "context length" in too_long.text or "maximum" in too_long.text
 
@@ -191,8 +186,7 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0(tmp_path):
     streaming = threading.Barrier(9, timeout=120)
 
     def stream(i: int) -> None:
-        body = {"model": SERVED_NAME, "prompt": f"def g{i}(", "max_tokens": 400,
-                "temperature": 0, "ignore_eos": True, "stream": True}  # fmt: skip
+        body = completion_request(f"def g{i}(", 400, stream=True)
         try:
             with (
                 httpx.Client(timeout=120) as client,
