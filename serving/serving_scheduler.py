@@ -54,8 +54,7 @@ class ServingScheduler(SpecControlScheduler):
         self.settings = settings
         self.metrics = ControllerMetrics(settings.controller)
         controller, features = self._build(settings)
-        if controller is not None:
-            self.attach(controller, features)
+        self.attach(controller, features)
         self._watch(controller)
         self.add_listener(self._export)
 
