@@ -7,6 +7,14 @@ goodput (tokens/s); v_ttft, v_tpot: the SLO violations the step caused (see `Req
 c_ttft, c_tpot: what one violation costs, in tokens; N: a token scale that keeps rewards near
 unit size.
 
+rho is either fixed (`reference_tps`) or running (`reference_steps` > 0): the episode's own
+goodput over about the last `reference_steps` steps (`RunningReference`). A fixed rho sits
+far below what a full batch produces and far above what one request does, so most of a
+step's reward says how many requests happened to be running. A running rho moves with the
+load, and the reward says whether this step's k beat the recent rate, which is what the
+choice of k can change (for a rho equal to the best rate, maximising generated - rho *
+step_time is maximising generated / step_time).
+
 The goodput term is the step's goodput above the reference, weighted by its duration:
 generated - rho * step_time = step_time * (generated / step_time - rho). Summing raw per-step
 rates instead would reward many short steps (k=0) whatever their throughput; summed this way,
@@ -35,6 +43,9 @@ class RewardWeights:
     """c_tpot: the cost of one TPOT violation, in tokens."""
     token_scale: float = 32.0
     """N: tokens per unit of reward."""
+    reference_steps: int = 0
+    """0: rho is reference_tps throughout; N > 0: rho is the episode's goodput over about
+    the last N steps (an EMA; reference_tps until the first step)."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -42,11 +53,60 @@ class RewardWeights:
                 raise ValueError(f"reward weight {name}={value!r} must be a finite number >= 0")
         if self.token_scale <= 0:
             raise ValueError(f"reward weight token_scale={self.token_scale} must be > 0")
+        if not isinstance(self.reference_steps, int):
+            raise ValueError(
+                f"reward weight reference_steps={self.reference_steps!r} must be an int"
+            )
 
 
-def step_reward(record: StepRecord, violations: Violations, weights: RewardWeights) -> float:
-    """The reward of one engine step (formula in the module docstring)."""
-    goodput = record.generated - weights.reference_tps * record.step_time
+class RunningReference:
+    """rho for one episode: fixed, or the goodput of about the last `reference_steps` steps.
+
+    The running rate is an EMA of tokens over an EMA of seconds, so a long step weighs more
+    than a short one, as it does in the episode's goodput.
+    """
+
+    def __init__(self, weights: RewardWeights) -> None:
+        self.weights = weights
+        self.reset()
+
+    def reset(self) -> None:
+        """Start an episode at the fixed reference."""
+        self._tokens = 0.0
+        self._seconds = 0.0
+
+    @property
+    def tps(self) -> float:
+        """The reference goodput for the next step, tokens/s."""
+        if self._seconds > 0:
+            return self._tokens / self._seconds
+        return self.weights.reference_tps
+
+    def update(self, record: StepRecord) -> None:
+        """Fold in a finished step (no effect with a fixed reference); the first one sets it."""
+        steps = self.weights.reference_steps
+        if not steps:
+            return
+        if self._seconds > 0:
+            decay = 1.0 - 1.0 / steps
+            self._tokens = decay * self._tokens + (1.0 - decay) * record.generated
+            self._seconds = decay * self._seconds + (1.0 - decay) * record.step_time
+        else:
+            self._tokens, self._seconds = float(record.generated), record.step_time
+
+
+def step_reward(
+    record: StepRecord,
+    violations: Violations,
+    weights: RewardWeights,
+    reference_tps: float | None = None,
+) -> float:
+    """The reward of one engine step (formula in the module docstring).
+
+    `reference_tps` is rho (a `RunningReference`'s); None uses `weights.reference_tps`.
+    """
+    rho = weights.reference_tps if reference_tps is None else reference_tps
+    goodput = record.generated - rho * record.step_time
     penalty = (
         weights.ttft_violation_tokens * violations.ttft
         + weights.tpot_violation_tokens * violations.tpot

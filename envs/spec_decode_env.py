@@ -18,7 +18,7 @@ from gymnasium import spaces
 from agents.features import FeatureBuilder, FeatureConfig, Observation, feature_bounds
 from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
-from envs.reward import step_reward
+from envs.reward import RunningReference, step_reward
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
 from serving.config import EngineConfig
 from serving.live_engine import LiveEngine
@@ -51,6 +51,7 @@ class SpecDecodeEnv(gym.Env):
             self.engine, prompts, self.config.slo, self.config.temperatures
         )
         self.features = FeatureBuilder(feature_config(self.config, self.engine.config))
+        self.reference = RunningReference(self.config.reward)
         low, high = feature_bounds(self.config.feature_window)
         self.observation_space = spaces.Box(low=low, high=high, dtype=np.float32)
         self.action_space = spaces.Discrete(self.engine.k_max + 1)
@@ -71,6 +72,7 @@ class SpecDecodeEnv(gym.Env):
         workload = self._pick_window((options or {}).get("window_start_s"))
         self.replayer.start(workload, self.np_random)
         self.features.reset()
+        self.reference.reset()
         self._done = False
         self.observation = self.features.build(self.replayer.now)
         return self.observation.vector, {"replay": workload.describe(), "requests": len(workload)}
@@ -82,7 +84,8 @@ class SpecDecodeEnv(gym.Env):
         if not self.action_space.contains(action):
             raise ValueError(f"action {action!r} is outside Discrete({self.action_space.n})")
         record, violations = self.replayer.step(int(action))
-        reward = step_reward(record, violations, self.config.reward)
+        reward = step_reward(record, violations, self.config.reward, self.reference.tps)
+        self.reference.update(record)
         self.features.update(record)
         self.observation = self.features.build(self.replayer.now)
 

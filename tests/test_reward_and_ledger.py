@@ -8,7 +8,7 @@ import pytest
 
 from agents.records import FinishedRequest, RequestStep
 from envs.ledger import SLO, RequestLedger, Violations
-from envs.reward import RewardWeights, step_reward
+from envs.reward import RewardWeights, RunningReference, step_reward
 from tests.factories import decode_step
 
 
@@ -42,11 +42,35 @@ def test_reward_is_goodput_above_reference_minus_violation_costs():
     assert step_reward(fast, Violations(), weights) == pytest.approx(0.4)
 
 
+def test_running_reference_follows_the_recent_goodput():
+    fixed = RunningReference(RewardWeights(reference_tps=500))
+    fixed.update(step(0.0, 0.01, [req("a", generated=20)]))
+    assert fixed.tps == 500
+
+    running = RunningReference(RewardWeights(reference_tps=500, reference_steps=4))
+    assert running.tps == 500
+    running.update(step(0.0, 0.01, [req("a", generated=20)]))
+    assert running.tps == pytest.approx(2000)  # the first step sets it
+    running.update(step(0.01, 0.03, [req("a", generated=6)]))
+    # tokens 0.75 * 20 + 0.25 * 6 = 16.5 over seconds 0.75 * 0.01 + 0.25 * 0.03 = 0.015
+    assert running.tps == pytest.approx(1100)
+    # A step at the reference rate earns nothing; the same tokens in half the time do.
+    record = step(0.04, 0.02, [req("a", generated=22)])
+    weights = RewardWeights(reference_steps=4, token_scale=1)
+    assert step_reward(record, Violations(), weights, running.tps) == pytest.approx(0.0)
+    quick = step(0.04, 0.01, [req("a", generated=22)])
+    assert step_reward(quick, Violations(), weights, running.tps) == pytest.approx(11.0)
+    running.reset()
+    assert running.tps == 500
+
+
 def test_reward_weights_are_checked():
     with pytest.raises(ValueError, match="reward weight reference_tps=-1"):
         RewardWeights(reference_tps=-1)
     with pytest.raises(ValueError, match="token_scale=0 must be > 0"):
         RewardWeights(token_scale=0)
+    with pytest.raises(ValueError, match="reference_steps=2.5 must be an int"):
+        RewardWeights(reference_steps=2.5)
     with pytest.raises(ValueError, match="SLO ttft_s=0"):
         SLO(ttft_s=0)
 

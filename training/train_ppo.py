@@ -81,6 +81,9 @@ class TrainConfig:
     """Reward: the cost of one TPOT violation, in tokens."""
     token_scale: float = 32.0
     """Reward: tokens per unit of reward."""
+    reference_steps: int = 0
+    """Reward: 0 keeps reference_tps fixed; N > 0 makes it the episode's goodput over about
+    the last N steps, so a step is rewarded for beating the recent rate."""
     max_episode_steps: int = 5000
     """Engine steps after which an episode is truncated."""
     total_timesteps: int = 20_000
@@ -201,6 +204,7 @@ def env_config(cfg: TrainConfig, *, evaluation: bool = False):
             ttft_violation_tokens=cfg.ttft_violation_tokens,
             tpot_violation_tokens=cfg.tpot_violation_tokens,
             token_scale=cfg.token_scale,
+            reference_steps=cfg.reference_steps,
         ),
         max_steps=cfg.max_episode_steps,
     )
