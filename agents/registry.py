@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agents.batch_schedule import BatchScheduleController, default_table
 from agents.controller import Controller
-from agents.features import SCHEMA_VERSION
+from agents.features import SCHEMA_VERSION, FeatureConfig, feature_names
 from agents.goodput import GoodputController
 from agents.guarded import GuardedController
 from agents.policy import PPOController
@@ -57,6 +57,20 @@ class ControllerContext:
     ttft_slo_s: float
     tpot_slo_s: float
     profile: Profile | None = None
+
+    @classmethod
+    def from_features(
+        cls, features: FeatureConfig, profile: Profile | None = None
+    ) -> ControllerContext:
+        """The context of controllers that read observations built with `features`."""
+        return cls(
+            k_max=features.k_max,
+            max_num_seqs=features.max_num_seqs,
+            feature_names=feature_names(features.window),
+            ttft_slo_s=features.ttft_slo_s,
+            tpot_slo_s=features.tpot_slo_s,
+            profile=profile,
+        )
 
 
 def parse_controller(name: str, k_max: int) -> ControllerSpec:

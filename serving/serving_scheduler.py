@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from agents.controller import Controller
-from agents.features import FeatureBuilder, FeatureConfig, feature_names
+from agents.features import FeatureBuilder, FeatureConfig
 from agents.guarded import FALLBACK, POLICY, GuardedController
 from agents.records import StepRecord
 from agents.registry import ControllerContext, build_controller, parse_controller
@@ -76,14 +76,7 @@ class ServingScheduler(SpecControlScheduler):
             ttft_slo_s=settings.ttft_slo_s,
             tpot_slo_s=settings.tpot_slo_s,
         )
-        context = ControllerContext(
-            k_max=self.k_max,
-            max_num_seqs=self.max_num_running_reqs,
-            feature_names=feature_names(feature_config.window),
-            ttft_slo_s=settings.ttft_slo_s,
-            tpot_slo_s=settings.tpot_slo_s,
-            profile=profile,
-        )
+        context = ControllerContext.from_features(feature_config, profile)
         return build_controller(spec, context), FeatureBuilder(feature_config)
 
     def _watch(self, controller: Controller | None) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.controller import Controller
-from agents.features import FeatureBuilder, FeatureConfig, feature_names
+from agents.features import FeatureBuilder, FeatureConfig
 from agents.registry import (
     NAMES_HELP,
     ControllerContext,
@@ -120,14 +120,7 @@ def evaluate(
         for speculates, engine in engines.items()
     }
     features_config = feature_config(env, env.engine)
-    context = ControllerContext(
-        k_max=env.engine.k_max,
-        max_num_seqs=env.engine.max_num_seqs,
-        feature_names=feature_names(env.feature_window),
-        ttft_slo_s=env.slo.ttft_s,
-        tpot_slo_s=env.slo.tpot_s,
-        profile=profile,
-    )
+    context = ControllerContext.from_features(features_config, profile)
     runs = [Run(spec) for spec in specs]
     try:
         for repeat in range(repeats):
