@@ -30,7 +30,8 @@ def test_controllers_replay_the_same_window_side_by_side(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "gp/best" in done.stdout and "goodput" in done.stdout
-    rows = {row["controller"]: row for row in json.loads(out.read_text())["rows"]}
+    table = json.loads(out.read_text())
+    rows = {row["controller"]: row for row in table["rows"]}
     assert list(rows) == ["nospec", "static:0", "static:3", "vllm-schedule", "goodput"]
     assert rows["static:0"]["mean_k"] == 0 and rows["static:3"]["mean_k"] == 3
     assert rows["nospec"]["mean_k"] == 0
@@ -40,6 +41,12 @@ def test_controllers_replay_the_same_window_side_by_side(tmp_path):
         assert row["goodput_tps"] > 0
         assert row["goodput_vs_best_static"] == pytest.approx(row["goodput_tps"] / best_static)
         assert 0 <= row["slo_attainment"] <= 1
+        # The row is the mean of the repeats, which are all kept and printed.
+        repeats = [m["goodput_under_slo_tps"] for m in table["repeats"][row["controller"]]]
+        assert len(repeats) == 2
+        assert row["goodput_under_slo_tps"] == pytest.approx(sum(repeats) / 2)
+        printed = " / ".join(f"{value:.0f}" for value in repeats)
+        assert f"{row['controller']} " in done.stdout and f"per repeat: {printed}" in done.stdout
     assert (tmp_path / "plot.png").stat().st_size > 10_000
 
 

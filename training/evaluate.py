@@ -7,8 +7,9 @@ Every controller sees the same requests (same window, prompts and seed). Control
 k inside the scheduler hook, exactly as in serving; `nospec` runs a second engine with no
 speculation configured at all (an engine with speculation at k=0 still pays for drafting).
 With --repeats, the controllers' order rotates each repeat so the machine's drift does not
-favour one of them; metrics are averaged over repeats. Prints one table; --json, --plot and
---track save it.
+favour one of them; metrics are averaged over repeats, and each repeat's goodput under SLO is
+printed under the table (how far one replay is from another). Prints one table; --json (with
+every repeat's metrics), --plot and --track save it.
 """
 
 from __future__ import annotations
@@ -180,6 +181,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_repeats(runs: list[Run]) -> str:
+    """Each controller's goodput under SLO per repeat, in the order the repeats ran."""
+    width = max(20, *(len(r.spec.name) for r in runs))
+    return "\n".join(
+        f"{r.spec.name:<{width}} under SLO per repeat: "
+        + " / ".join(f"{m['goodput_under_slo_tps']:.0f}" for m in r.metrics)
+        for r in runs
+    )
+
+
 def plot(runs: list[Run], rows: list[dict], path: Path) -> None:
     """k, batch size, queue depth and goodput over time per controller, and the table's bars."""
     import matplotlib
@@ -313,9 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = table(runs)
     print()
     print(format_table(rows))
+    if args.repeats > 1:
+        print(format_repeats(runs))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))
+        repeats = {r.spec.name: r.metrics for r in runs}
+        record = {"args": vars(args), "rows": rows, "repeats": repeats}
+        args.json.write_text(json.dumps(record, indent=2, default=str))
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot(runs, rows, args.plot)
