@@ -160,9 +160,14 @@ def table(runs: list[Run]) -> list[dict]:
     return rows
 
 
+def name_width(names: list[str]) -> int:
+    """Width of the controller column, shared by the table and the per-repeat lines."""
+    return max(20, *(len(name) for name in names))
+
+
 def format_table(rows: list[dict]) -> str:
     """The table as fixed-width text."""
-    width = max(20, *(len(r["controller"]) for r in rows))
+    width = name_width([r["controller"] for r in rows])
     head = (
         f"{'controller':<{width}} {'goodput':>8} {'underSLO':>8} {'TTFT50':>7} {'TTFT99':>7} "
         f"{'TPOT50':>7} {'TPOT99':>7} {'attain':>6} {'mean k':>6} {'gp/best':>7} "
@@ -183,7 +188,7 @@ def format_table(rows: list[dict]) -> str:
 
 def format_repeats(runs: list[Run]) -> str:
     """Each controller's goodput under SLO per repeat, in the order the repeats ran."""
-    width = max(20, *(len(r.spec.name) for r in runs))
+    width = name_width([r.spec.name for r in runs])
     return "\n".join(
         f"{r.spec.name:<{width}} under SLO per repeat: "
         + " / ".join(f"{m['goodput_under_slo_tps']:.0f}" for m in r.metrics)
