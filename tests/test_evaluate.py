@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from training.bootstrap import ratio_interval
 from training.evaluate import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ def test_controllers_replay_the_same_window_side_by_side(tmp_path):
     args = [
         "--trace", TINY_TRACE, "--window", "5", "--max-num-seqs", "8",
         "--controllers", "nospec,static:0,static:3,vllm-schedule,goodput",
-        "--repeats", "2", "--json", str(out), "--plot", str(tmp_path / "plot.png"),
+        "--repeats", "3", "--json", str(out), "--plot", str(tmp_path / "plot.png"),
     ]  # fmt: skip
     env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
     done = subprocess.run(
@@ -43,10 +44,21 @@ def test_controllers_replay_the_same_window_side_by_side(tmp_path):
         assert 0 <= row["slo_attainment"] <= 1
         # The row is the mean of the repeats, which are all kept and printed.
         repeats = [m["goodput_under_slo_tps"] for m in table["repeats"][row["controller"]]]
-        assert len(repeats) == 2
-        assert row["goodput_under_slo_tps"] == pytest.approx(sum(repeats) / 2)
+        assert len(repeats) == 3
+        assert row["goodput_under_slo_tps"] == pytest.approx(sum(repeats) / 3)
         printed = " / ".join(f"{value:.0f}" for value in repeats)
         assert f"{row['controller']} " in done.stdout and f"per repeat: {printed}" in done.stdout
+    # From 3 repeats on, the adaptive controllers get paired intervals against the baselines.
+    under_slo = {
+        name: [m["goodput_under_slo_tps"] for m in ms] for name, ms in table["repeats"].items()
+    }
+    assert set(table["intervals"]) == {"vllm-schedule", "goodput"}
+    found = table["intervals"]["vllm-schedule"]
+    expected = ratio_interval(
+        under_slo["vllm-schedule"], [under_slo["static:0"], under_slo["static:3"]]
+    )
+    assert found["best_static"] == pytest.approx(vars(expected))
+    assert f"/ best_static {expected.ratio:.3f} [{expected.low:.3f}" in done.stdout
     assert (tmp_path / "plot.png").stat().st_size > 10_000
 
 

@@ -8,8 +8,10 @@ k inside the scheduler hook, exactly as in serving; `nospec` runs a second engin
 speculation configured at all (an engine with speculation at k=0 still pays for drafting).
 With --repeats, the controllers' order rotates each repeat so the machine's drift does not
 favour one of them; metrics are averaged over repeats, and each repeat's goodput under SLO is
-printed under the table (how far one replay is from another). Prints one table; --json (with
-every repeat's metrics), --plot and --track save it.
+printed under the table (how far one replay is from another). From 3 repeats on, each
+adaptive controller's ratios under SLO to the goodput controller, the best static k and
+nospec follow, with 90% paired bootstrap intervals (`training.bootstrap`). Prints one table;
+--json (with every repeat's metrics and the intervals), --plot and --track save it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from envs.spec_decode_env import feature_config
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
 from serving.config import EngineConfig
 from serving.live_engine import LiveEngine
+from training.bootstrap import ratio_interval
 from training.profile import default_profile_path
 
 METRICS = (
@@ -196,6 +199,48 @@ def format_repeats(runs: list[Run]) -> str:
     )
 
 
+BASELINES = ("nospec", "static")
+"""Kinds of controller the learned and analytic ones are measured against."""
+INTERVAL_MIN_REPEATS = 3
+"""Fewer repeats give too few distinct resamples for an interval to mean anything."""
+
+
+def intervals(runs: list[Run], key: str = "goodput_under_slo_tps") -> dict[str, dict]:
+    """Per adaptive controller: its ratio of means to each reference, with a 90% interval.
+
+    References: the goodput controller ("goodput"), the best static k ("best_static") and
+    the plain engine ("nospec"), those that ran.
+    """
+    per_repeat = {r.spec.name: [m[key] for m in r.metrics] for r in runs}
+    references = {
+        "goodput": [per_repeat[r.spec.name] for r in runs if r.spec.kind == "goodput"][:1],
+        "best_static": [per_repeat[r.spec.name] for r in runs if r.spec.kind == "static"],
+        "nospec": [per_repeat[r.spec.name] for r in runs if r.spec.kind == "nospec"][:1],
+    }
+    return {
+        r.spec.name: {
+            ref: vars(ratio_interval(per_repeat[r.spec.name], values))
+            for ref, values in references.items()
+            if values and ref != r.spec.kind
+        }
+        for r in runs
+        if r.spec.kind not in BASELINES
+    }
+
+
+def format_intervals(found: dict[str, dict], repeats: int) -> str:
+    """The intervals as lines: ratio [low, high] per reference."""
+    width = name_width(list(found))
+    lines = [f"under SLO, ratio of means [90% paired bootstrap interval over {repeats} repeats]"]
+    for name, refs in found.items():
+        cells = (
+            f"/ {ref} {iv['ratio']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
+            for ref, iv in refs.items()
+        )
+        lines.append(f"{name:<{width}} " + "  ".join(cells))
+    return "\n".join(lines)
+
+
 def plot(runs: list[Run], rows: list[dict], path: Path) -> None:
     """k, batch size, queue depth and goodput over time per controller, and the table's bars."""
     import matplotlib
@@ -331,10 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     if args.repeats > 1:
         print(format_repeats(runs))
+    found = intervals(runs) if args.repeats >= INTERVAL_MIN_REPEATS else {}
+    if found:
+        print(format_intervals(found, args.repeats))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         repeats = {r.spec.name: r.metrics for r in runs}
-        record = {"args": vars(args), "rows": rows, "repeats": repeats}
+        record = {"args": vars(args), "rows": rows, "repeats": repeats, "intervals": found}
         args.json.write_text(json.dumps(record, indent=2, default=str))
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,78 @@
+"""Paired bootstrap intervals of ratios between controllers (pure logic)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.registry import parse_controller
+from training.bootstrap import ratio_interval
+from training.evaluate import Run, format_intervals, intervals
+
+
+def test_the_ratio_is_of_means_and_lies_inside_its_interval():
+    found = ratio_interval([110, 90, 130, 70], [[100, 80, 120, 60]])
+    assert found.ratio == pytest.approx(400 / 360)
+    assert found.low <= found.ratio <= found.high
+
+
+def test_pairing_keeps_a_steady_ratio_tight_under_drift():
+    # The machine drifts from repeat to repeat, and both controllers drift with it: the
+    # ratio is 1.1 in every repeat, so every resample of whole repeats gives 1.1.
+    drift = [400.0, 900.0, 650.0, 300.0, 800.0]
+    found = ratio_interval([1.1 * v for v in drift], [drift])
+    assert found.low == pytest.approx(1.1) and found.high == pytest.approx(1.1)
+
+
+def test_unpaired_noise_widens_the_interval():
+    steady = ratio_interval([105, 104, 106, 105, 105], [[100, 100, 100, 100, 100]])
+    noisy = ratio_interval([150, 60, 130, 80, 105], [[100, 100, 100, 100, 100]])
+    assert steady.ratio == pytest.approx(noisy.ratio)
+    assert noisy.high - noisy.low > 10 * (steady.high - steady.low)
+    assert noisy.low < 1.0 < noisy.high  # 1.05 on average, and not distinguishable from 1
+
+
+def test_the_best_of_several_references_is_picked_per_resample():
+    # Each reference wins in one repeat; a resample of mostly repeat 0 divides by the first.
+    found = ratio_interval([100, 100], [[100, 50], [50, 100]], samples=2000)
+    assert found.ratio == pytest.approx(100 / 75)
+    assert found.low == pytest.approx(1.0)  # resamples of one repeat twice: 100 / 100
+    assert found.high == pytest.approx(100 / 75)
+
+
+@pytest.mark.parametrize(
+    ("values", "references", "message"),
+    [
+        ([1.0, 2.0], [[1.0, 2.0, 3.0]], "one value per repeat"),
+        ([1.0], [[1.0]], "at least 2"),
+    ],
+)
+def test_mismatched_or_too_few_repeats_are_refused(values, references, message):
+    with pytest.raises(ValueError, match=message):
+        ratio_interval(values, references)
+
+
+def _run(name: str, under_slo: list[float]) -> Run:
+    return Run(
+        parse_controller(name, k_max=4), metrics=[{"goodput_under_slo_tps": v} for v in under_slo]
+    )
+
+
+def test_evaluation_measures_adaptive_controllers_against_every_baseline_that_ran():
+    runs = [
+        _run("nospec", [50, 60, 70]),
+        _run("static:2", [100, 120, 80]),
+        _run("static:3", [90, 130, 100]),
+        _run("goodput", [95, 110, 90]),
+        _run("vllm-schedule", [100, 100, 100]),
+    ]
+    found = intervals(runs)
+    assert set(found) == {"goodput", "vllm-schedule"}
+    assert set(found["goodput"]) == {"best_static", "nospec"}  # not against itself
+    schedule = found["vllm-schedule"]
+    assert schedule["goodput"]["ratio"] == pytest.approx(300 / 295)
+    assert schedule["best_static"]["ratio"] == pytest.approx(300 / 320)  # static:3's mean
+    assert schedule["nospec"]["ratio"] == pytest.approx(300 / 180)
+    text = format_intervals(found, repeats=3)
+    line = next(x for x in text.splitlines() if x.startswith("vllm-schedule"))
+    best = schedule["best_static"]
+    assert f"/ best_static {best['ratio']:.3f} [{best['low']:.3f}, {best['high']:.3f}]" in line
