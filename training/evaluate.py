@@ -203,10 +203,12 @@ BASELINES = ("nospec", "static")
 """Kinds of controller the learned and analytic ones are measured against."""
 INTERVAL_MIN_REPEATS = 3
 """Fewer repeats give too few distinct resamples for an interval to mean anything."""
+CONFIDENCE = 0.9
+"""Of the printed intervals."""
 
 
 def intervals(runs: list[Run], key: str = "goodput_under_slo_tps") -> dict[str, dict]:
-    """Per adaptive controller: its ratio of means to each reference, with a 90% interval.
+    """Per adaptive controller: its ratio of means to each reference, with an interval.
 
     References: the goodput controller ("goodput"), the best static k ("best_static") and
     the plain engine ("nospec"), those that ran.
@@ -219,7 +221,7 @@ def intervals(runs: list[Run], key: str = "goodput_under_slo_tps") -> dict[str, 
     }
     return {
         r.spec.name: {
-            ref: vars(ratio_interval(per_repeat[r.spec.name], values))
+            ref: vars(ratio_interval(per_repeat[r.spec.name], values, confidence=CONFIDENCE))
             for ref, values in references.items()
             if values and ref != r.spec.kind
         }
@@ -231,7 +233,8 @@ def intervals(runs: list[Run], key: str = "goodput_under_slo_tps") -> dict[str, 
 def format_intervals(found: dict[str, dict], repeats: int) -> str:
     """The intervals as lines: ratio [low, high] per reference."""
     width = name_width(list(found))
-    lines = [f"under SLO, ratio of means [90% paired bootstrap interval over {repeats} repeats]"]
+    head = f"{CONFIDENCE:.0%} paired bootstrap interval over {repeats} repeats"
+    lines = [f"under SLO, ratio of means [{head}]"]
     for name, refs in found.items():
         cells = (
             f"/ {ref} {iv['ratio']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
