@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 from agents.controller import Decision
+from agents.cost import CostModel, StepLoad
 from agents.features import Observation
 from agents.goodput import best_k
 from agents.records import StepRecord
-from agents.step_time import StepTimeModel
 
 Schedule = list[tuple[int, int, int]]
 
@@ -86,7 +86,7 @@ class BatchScheduleController:
 
 
 def default_table(
-    step_time: StepTimeModel,
+    cost: CostModel,
     k_max: int,
     max_num_seqs: int,
     acceptance: float,
@@ -99,7 +99,7 @@ def default_table(
     """
     table: Schedule = []
     for batch in range(1, max_num_seqs + 1):
-        times = [step_time.predict(batch, k, context) for k in range(k_max + 1)]
+        times = [cost.seconds(StepLoad.uniform(batch, k, int(context))) for k in range(k_max + 1)]
         k, _ = best_k(times, acceptance)
         if table and table[-1][2] == k:
             table[-1] = (table[-1][0], batch, k)

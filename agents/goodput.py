@@ -2,7 +2,8 @@
 
 After TurboSpec and SmartSpec (goodput-driven speculation control): estimate the draft
 acceptance rate online, predict each k's tokens per step from it and each k's step time from a
-profiled `StepTimeModel`, and pick the k with the best ratio.
+step cost model (`agents.cost`, the same profile the model clock prices steps with), and pick
+the k with the best ratio.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from bisect import bisect_left
 from collections.abc import Sequence
 
 from agents.controller import Decision
+from agents.cost import CostModel, StepLoad
 from agents.features import Observation
 from agents.records import StepRecord
-from agents.step_time import StepTimeModel
 
 ALPHA_MAX = 0.999
 """Acceptance rates are clipped to this, keeping E(k) finite and the formula well defined."""
@@ -53,9 +54,10 @@ class GoodputController:
     """Picks k maximising G(k) = B * E(k) / T(B, k) for the next step's batch size B.
 
     alpha is an EMA (weight `ema`) of accepted/drafted over steps that drafted, starting from
-    `prior`; E(k) is `expected_tokens(alpha, k)` and T the profiled step-time model at the
-    typical `context`. G(0) is scaled by 1 + `k0_bias` to cover speculation's unmodelled costs,
-    so near ties do not speculate. B is the running requests plus the waiting ones that fit.
+    `prior`; E(k) is `expected_tokens(alpha, k)` and T the cost model's seconds for B
+    requests of the typical `context` verifying k drafts each. G(0) is scaled by 1 + `k0_bias`
+    to cover speculation's unmodelled costs, so near ties do not speculate. B is the running
+    requests plus the waiting ones that fit.
 
     Collapse recovery: a step that drafts nothing carries no acceptance evidence, so alpha
     moves toward `prior` by `recovery` (absolute) per such step. A collapsed estimate that
@@ -67,7 +69,8 @@ class GoodputController:
     With `per_request=True`, each request of the last step with its own acceptance EMA
     alpha_r (starting from the global estimate, relaxed in the same way) gets the k_r
     maximising E_r(k) - g * tau * k: g is the predicted tokens per request-second at the
-    chosen k and tau the seconds per verified token, so a draft grows while the expected extra
+    chosen k and tau the seconds per verified token (the cost model's mean slope over k at
+    that batch size), so a draft grows while the expected extra
     token is worth its verification time. Only k_r that differ from the global k are returned.
     """
 
@@ -75,7 +78,7 @@ class GoodputController:
 
     def __init__(
         self,
-        step_time: StepTimeModel,
+        cost: CostModel,
         k_max: int,
         max_num_seqs: int,
         *,
@@ -94,7 +97,7 @@ class GoodputController:
             raise ValueError(f"prior must be in [0, 1], got {prior}")
         if recovery < 0.0 or k0_bias < 0.0:
             raise ValueError(f"recovery and k0_bias must be >= 0, got {recovery}, {k0_bias}")
-        self.step_time = step_time
+        self.cost = cost
         self.k_max = k_max
         self.max_num_seqs = max_num_seqs
         self.context = context
@@ -105,8 +108,13 @@ class GoodputController:
         self.recovery = recovery
         # Step seconds for every batch size and k, so decide() only indexes and divides.
         self._times = tuple(
-            tuple(step_time.predict(b, k, context) for k in range(k_max + 1))
+            tuple(cost.seconds(StepLoad.uniform(b, k, int(context))) for k in range(k_max + 1))
             for b in range(max_num_seqs + 1)
+        )
+        # Seconds per verified token at each batch size: the mean slope over k.
+        self._verify_s = tuple(
+            (times[-1] - times[0]) / (b * k_max) if b and k_max else 0.0
+            for b, times in enumerate(self._times)
         )
         # Requests that vanish without finishing (aborts) would otherwise stay forever.
         self._max_tracked = 2 * max_num_seqs
@@ -136,7 +144,7 @@ class GoodputController:
         k, rate = best_k(self._times[batch], self._alpha, self.k0_bias)
         if not self.per_request:
             return Decision(k)
-        return Decision(k, self._request_ks(k, rate * self.step_time.per_verify_token_s) or None)
+        return Decision(k, self._request_ks(k, rate * self._verify_s[batch]) or None)
 
     def observe(self, record: StepRecord) -> None:
         """Fold the step's acceptance into alpha (and each request's), dropping finished ones."""
@@ -150,9 +158,8 @@ class GoodputController:
 
     def predicted_goodput(self, batch: int, k: int) -> float:
         """Predicted tokens per second of a step with `batch` requests at k (no k0 bias)."""
-        return (
-            batch * expected_tokens(self._alpha, k) / self.step_time.predict(batch, k, self.context)
-        )
+        seconds = self.cost.seconds(StepLoad.uniform(batch, k, int(self.context)))
+        return batch * expected_tokens(self._alpha, k) / seconds
 
     def _update(self, alpha: float, accepted: int, drafted: int) -> float:
         if drafted:

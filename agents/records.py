@@ -4,7 +4,9 @@ The scheduler hook in `serving/` fills these in; the feature builder, the reward
 controllers in `agents/` read them. Nothing here knows about vLLM.
 
 Times are seconds on the engine's clock: wall time (`time.time()`, the clock vLLM stamps
-arrivals with) when serving, the environment's virtual clock when replaying a trace.
+arrivals with) when serving; when replaying a trace, a virtual clock that advances by each
+step's measured seconds (wall clock) or by a cost model's seconds for what the step computed
+(model clock).
 """
 
 from __future__ import annotations
@@ -31,6 +33,27 @@ class RequestStep:
     """Its output length after this step."""
     first_token_at: float | None
     """When its first output token came out, or None if none has yet."""
+    context: int = 0
+    """Tokens in its KV cache before this step (what its attention read)."""
+    proposed: int = 0
+    """Drafts the proposer had ready for it before they were cut to `k` (in model time the
+    engine drafts k_max every step, so this is the k_max proposal)."""
+
+    def accepted_if(self, k: int) -> int:
+        """Drafts it would have had accepted this step had it verified k of them.
+
+        Drafts are prefix-consistent (the first k of a longer proposal are the k proposal),
+        so this is exact up to the drafts verified, and beyond them exact where one was
+        rejected; where all verified drafts were accepted it is a lower bound
+        (`censored_if`).
+        """
+        k = min(k, self.proposed)
+        return min(self.accepted, k) if k <= self.drafted else self.accepted
+
+    def censored_if(self, k: int) -> bool:
+        """Whether `accepted_if(k)` is only a lower bound: k goes past the drafts verified,
+        all of which were accepted, so the next ones were never checked."""
+        return min(k, self.proposed) > self.drafted and self.accepted == self.drafted
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +89,8 @@ class StepRecord:
     started_at: float
     """Clock time when scheduling began."""
     step_time: float
-    """Wall seconds from the start of scheduling to the end of the scheduler's output update."""
+    """Seconds of the step on the replay's clock: measured (wall clock) or the cost model's
+    price of what it computed (model clock)."""
     k: int
     """The global speculation length used for this step's verification."""
     draft_budget: int
@@ -95,6 +119,9 @@ class StepRecord:
     """Per scheduled request: its k, drafted, accepted and generated tokens."""
     finished: tuple[FinishedRequest, ...]
     """Requests that completed in this step."""
+    wall_time: float = 0.0
+    """Wall seconds from the start of scheduling to the end of the output update, whatever
+    the clock (equal to `step_time` on the wall clock)."""
 
     @property
     def finished_at(self) -> float:

@@ -8,17 +8,19 @@ from pathlib import Path
 
 from agents.batch_schedule import BatchScheduleController, default_table
 from agents.controller import Controller
+from agents.cost import Profile
 from agents.features import SCHEMA_VERSION, FeatureConfig, feature_names
 from agents.goodput import GoodputController
 from agents.guarded import GuardedController
 from agents.policy import PPOController
 from agents.static import StaticController
-from agents.step_time import Profile
 
 NAMES_HELP = (
     "nospec, static:K (K = 0..k_max), vllm-schedule, goodput, goodput-per-request, "
     "ppo:PATH (an exported policy), guarded:PATH (the policy with the goodput fallback)"
 )
+DEFAULT_ACCEPTANCE = 0.6
+"""Acceptance assumed where none was measured (the goodput controller's prior too)."""
 _PLAIN_NAMES = ("nospec", "vllm-schedule", "goodput", "goodput-per-request")
 
 
@@ -57,12 +59,24 @@ class ControllerContext:
     ttft_slo_s: float
     tpot_slo_s: float
     profile: Profile | None = None
+    """The cost profile analytic controllers predict with (the model clock's, in model time)."""
+    acceptance: float = DEFAULT_ACCEPTANCE
+    """The acceptance rate vllm-schedule's fixed table is derived at."""
 
     @classmethod
     def from_features(
-        cls, features: FeatureConfig, profile: Profile | None = None
+        cls,
+        features: FeatureConfig,
+        profile: Profile | None = None,
+        acceptance: float | None = None,
     ) -> ControllerContext:
-        """The context of controllers that read observations built with `features`."""
+        """The context of controllers that read observations built with `features`.
+
+        `acceptance` defaults to the one a measured profile recorded (a deployment profile
+        prices hardware and records none), else `DEFAULT_ACCEPTANCE`.
+        """
+        if acceptance is None and profile is not None:
+            acceptance = profile.acceptance
         return cls(
             k_max=features.k_max,
             max_num_seqs=features.max_num_seqs,
@@ -70,6 +84,7 @@ class ControllerContext:
             ttft_slo_s=features.ttft_slo_s,
             tpot_slo_s=features.tpot_slo_s,
             profile=profile,
+            acceptance=DEFAULT_ACCEPTANCE if acceptance is None else acceptance,
         )
 
 
@@ -102,7 +117,7 @@ def build_controller(spec: ControllerSpec, context: ControllerContext) -> Contro
     if spec.kind == "ppo":
         base = None
         if profile is not None:
-            base = GoodputController(profile.step_time, context.k_max, context.max_num_seqs)
+            base = GoodputController(profile.cost, context.k_max, context.max_num_seqs)
         return PPOController.load(
             spec.path,
             schema_version=SCHEMA_VERSION,
@@ -113,12 +128,10 @@ def build_controller(spec: ControllerSpec, context: ControllerContext) -> Contro
     if profile is None:
         raise ValueError(f"controller {spec.name!r} needs a step-time profile")
     if spec.kind == "vllm-schedule":
-        table = default_table(
-            profile.step_time, context.k_max, context.max_num_seqs, profile.acceptance
-        )
+        table = default_table(profile.cost, context.k_max, context.max_num_seqs, context.acceptance)
         return BatchScheduleController(table, context.k_max, context.max_num_seqs)
     goodput = GoodputController(
-        profile.step_time,
+        profile.cost,
         context.k_max,
         context.max_num_seqs,
         per_request=spec.kind == "goodput-per-request",

@@ -36,12 +36,12 @@ from agents.features import (
 from agents.goodput import GoodputController
 from agents.guarded import GuardedController
 from agents.policy import PPOController, load_policy
-from agents.step_time import StepTimeModel
+from agents.cost import LinearCost
 
 TARGET_US = 20.0
 K_MAX = 4
 MAX_NUM_SEQS = 64
-STEP_TIME = StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0)
+STEP_TIME = LinearCost(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0)
 """A plausible step-time model for the fallback; its numbers do not affect the timing."""
 
 

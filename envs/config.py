@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from envs.clock import check_clock
 from envs.ledger import SLO
 from envs.reward import RewardWeights
 from envs.traces import ReplayOptions
@@ -51,8 +52,16 @@ class EnvConfig:
     """Sampling temperatures drawn uniformly per request (above 0 lowers acceptance)."""
     feature_window: int = 8
     """Steps of acceptance history in the observation."""
+    clock: str = "model"
+    """model: a step lasts what the profile's cost model says it computed (replays repeat to
+    the token); wall: what this machine measured."""
+    profile: str | None = None
+    """The cost profile (a path or a name under checkpoints/profiles): the model clock's
+    costs and the analytic controllers' predictions. None: the measured table of the
+    engine's method."""
 
     def __post_init__(self) -> None:
+        check_clock(self.clock)
         if not self.window_s > 0:
             raise ValueError(f"window_s={self.window_s} must be > 0")
         if self.max_steps < 1:

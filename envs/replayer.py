@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from agents.cost import CostModel
 from agents.records import StepRecord
 from envs.ledger import SLO, RequestLedger, Violations
 from envs.traces import PromptFactory, Trace
@@ -19,9 +20,10 @@ from serving.live_engine import LiveEngine
 class WorkloadReplayer:
     """Feeds a workload's requests to an engine as their arrival times pass.
 
-    The clock advances by each engine step's measured time and jumps to the next arrival
-    whenever the engine is idle; arrivals, step starts and token times are all stamped with
-    it (it becomes the engine's clock).
+    The clock advances by each engine step's time, measured (wall clock) or priced by
+    `cost_model` (model clock), and jumps to the next arrival whenever the engine is idle;
+    arrivals, step starts and token times are all stamped with it (it becomes the engine's
+    clock).
     """
 
     def __init__(
@@ -30,8 +32,10 @@ class WorkloadReplayer:
         prompts: PromptFactory,
         slo: SLO,
         temperatures: Sequence[float] = (0.0,),
+        cost_model: CostModel | None = None,
     ) -> None:
         self.engine = engine
+        self.cost_model = cost_model
         self.prompts = prompts
         self.slo = slo
         self.temperatures = tuple(temperatures)
@@ -50,6 +54,7 @@ class WorkloadReplayer:
         if not len(workload):
             raise ValueError(f"workload {workload.name} has no requests")
         self.engine.clock = self._clock
+        self.engine.cost_model = self.cost_model
         self.engine.reset()
         self.ledger = RequestLedger(self.slo)
         self._requests = workload.requests

@@ -2,13 +2,20 @@
 
 One environment step is one engine step. Before it, every trace request whose arrival time
 has passed on the episode's virtual clock is added to the engine; the step runs with the
-action as k; the clock then advances by the step's measured time, and jumps to the next
-arrival whenever the engine is idle. Observations come from the one feature builder in
+action as k; the clock then advances by the step's time, and jumps to the next arrival
+whenever the engine is idle. Observations come from the one feature builder in
 `agents.features`; the reward is `envs.reward.step_reward`.
+
+On the model clock (the default) a step's time is the cost profile's price of what it
+computed, so an episode repeats to the token for a seed and a k schedule; the engine drafts
+k_max every step and the action cuts the drafts at verification, so it acts on the very step
+it is chosen for (serving differs: there the drafts a step verifies were proposed under the
+budget of the step before). On the wall clock a step lasts what it measured.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -16,6 +23,7 @@ import numpy as np
 from gymnasium import spaces
 
 from agents.features import FeatureBuilder, FeatureConfig, Observation, feature_bounds
+from envs.clock import deployment_limits, engine_profile
 from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
 from envs.reward import RunningReference, step_reward
@@ -37,8 +45,13 @@ class SpecDecodeEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, config: EnvConfig | None = None, engine: LiveEngine | None = None):
-        """Load the trace and build the engine (or use `engine`, which the caller owns)."""
-        self.config = config or EnvConfig()
+        """Load the trace and the cost profile, then build the engine (or use `engine`, which
+        the caller owns). A deployment profile (gpu, roofline) sets the engine limits and
+        SLOs of the deployment it prices."""
+        config = config or EnvConfig()
+        self.profile = engine_profile(config.profile, engine.config if engine else config.engine)
+        engine_config, slo = deployment_limits(self.profile, config.engine, config.slo)
+        self.config = config = replace(config, engine=engine_config, slo=slo)
         self.trace: Trace = load_trace(self.config.trace, self.config.trace_format)
         if len(self.trace) == 0:
             raise ValueError(f"trace {self.config.trace} has no requests")
@@ -48,7 +61,11 @@ class SpecDecodeEnv(gym.Env):
             raise ValueError("SpecDecode-v0 needs an engine with speculation (k_max >= 1)")
         prompts = PromptFactory(self.engine.config.model, weights=self.config.prompt_styles)
         self.replayer = WorkloadReplayer(
-            self.engine, prompts, self.config.slo, self.config.temperatures
+            self.engine,
+            prompts,
+            self.config.slo,
+            self.config.temperatures,
+            self.profile.cost if self.config.clock == "model" else None,
         )
         self.features = FeatureBuilder(feature_config(self.config, self.engine.config))
         self.reference = RunningReference(self.config.reward)

@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 from safetensors import safe_open
 
+from agents.cost.profile import PROFILE_DIR
 from serving.model_id import model_id
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LM_DIR = PROJECT_ROOT / "checkpoints" / "lm"
-PROFILE_DIR = PROJECT_ROOT / "checkpoints" / "profiles"
 SHIPPED_POLICY = PROJECT_ROOT / "checkpoints" / "policies" / "ngram"
 """The trained policy shipped for the small model pair with ngram speculation."""
 
@@ -149,5 +149,5 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
 
 
 def default_profile_path(method: str) -> Path:
-    """Where the step-time profile of a speculation method lives."""
+    """Where the measured cost profile (kind table) of a speculation method lives."""
     return PROFILE_DIR / f"{method}.json"

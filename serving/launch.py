@@ -109,8 +109,8 @@ def controller_settings(args: argparse.Namespace, no_arguments: bool) -> Control
     Raises ValueError naming the problem (a profile that is missing or made for another
     model or method, a controller name that does not parse).
     """
+    from agents.cost import load_profile
     from agents.registry import parse_controller
-    from agents.step_time import load_profile
 
     if args.policy:
         name = f"guarded:{args.policy}"

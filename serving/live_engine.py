@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agents.controller import Controller
+from agents.cost import CostModel
 from agents.features import FeatureBuilder
 from agents.records import StepRecord
 from serving.config import EngineConfig
@@ -93,6 +94,19 @@ class LiveEngine:
         self._clock = clock
         if self.scheduler is not None:
             self.scheduler.clock = clock
+
+    @property
+    def cost_model(self) -> CostModel | None:
+        """What times each step: None for the wall clock, else the model clock's cost model
+        (the engine then drafts k_max every step; see `serving.scheduler_hook`)."""
+        return None if self.scheduler is None else self.scheduler.cost_model
+
+    @cost_model.setter
+    def cost_model(self, cost_model: CostModel | None) -> None:
+        if cost_model is not None:
+            self._require_hook("a model clock").use_cost_model(cost_model)
+        elif self.scheduler is not None:
+            self.scheduler.use_cost_model(None)
 
     @property
     def k_max(self) -> int:

@@ -15,6 +15,15 @@ k comes from, in order: a one-step decision set with `set_next(...)` (the enviro
 action), else the attached controller, else the last k used. It must lie in 0..k_max,
 where k_max is the engine's `num_speculative_tokens`.
 
+Two clocks. On the wall clock (serving, and replays that check the cost model) a step lasts
+what it measured. On the model clock (`use_cost_model`) a step lasts what a cost model says
+the step computed, so a replay repeats to the token whatever the machine is doing; the hook
+then also sets the drafting budget to k_max at every step and cuts each request's drafts to
+its k only at verification. The chosen k thus acts on its own step, and every request's
+record holds the k_max proposal's size, from which the accepted count at every other k
+follows (`RequestStep.accepted_if`). The cost model charges only what the chosen k
+computed. Drafting k_max costs this machine's wall time, not the model clock's.
+
 The hook is built on the synchronous `Scheduler`, which is what vLLM's CPU platform runs. With
 async scheduling (vLLM's GPU default for EAGLE, MTP and draft-model speculation) the engine
 schedules step t+1 before step t's drafts exist and keeps placeholder drafts in
@@ -36,6 +45,7 @@ from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 
 from agents.controller import Controller, Decision
+from agents.cost import CostModel, StepLoad
 from agents.features import FeatureBuilder
 from agents.records import FinishedRequest, RequestStep, StepRecord
 
@@ -78,6 +88,7 @@ class SpecControlScheduler(Scheduler):
             # verify more than the chosen k.
             self.dynamic_sd_lookup = [self.k_max] * (self.max_num_running_reqs + 1)
         self.clock: Callable[[], float] = time.time
+        self.cost_model: CostModel | None = None
         self.controller: Controller | None = None
         self.features: FeatureBuilder | None = None
         self.last_record: StepRecord | None = None
@@ -92,7 +103,8 @@ class SpecControlScheduler(Scheduler):
         # Set by schedule(), read by update_from_output() of the same step.
         self._step_start: tuple[float, float] = (0.0, 0.0)
         self._step_k: dict[str, int] = {}
-        self._step_before: dict[str, tuple[Request, bool, int]] = {}
+        self._step_proposed: dict[str, int] = {}
+        self._step_before: dict[str, tuple[Request, bool, int, int]] = {}
 
     # --- control ---------------------------------------------------------------------------
 
@@ -102,6 +114,11 @@ class SpecControlScheduler(Scheduler):
             raise ValueError("a controller needs a feature builder, and vice versa")
         self.controller = controller
         self.features = features
+
+    def use_cost_model(self, cost_model: CostModel | None) -> None:
+        """Time steps by `cost_model` (the model clock, drafting k_max every step), or by
+        the wall clock when None."""
+        self.cost_model = cost_model
 
     def set_next(self, k: int, per_request: Mapping[str, int] | None = None) -> None:
         """Use k (and per-request overrides) for the next step only, bypassing the controller."""
@@ -152,9 +169,16 @@ class SpecControlScheduler(Scheduler):
             # prefills (or recomputes after preemption) until all but its last token are in.
             computed_before = request.num_computed_tokens - num_tokens
             prefilling = computed_before < max(request.num_prompt_tokens, request.num_tokens - 1)
-            self._step_before[rid] = (request, prefilling, request.num_output_tokens)
+            self._step_before[rid] = (
+                request,
+                prefilling,
+                request.num_output_tokens,
+                computed_before,
+            )
         if self.k_max > 0:
-            output.num_spec_tokens_to_schedule = self._draft_budget()
+            output.num_spec_tokens_to_schedule = (
+                self.k_max if self.cost_model is not None else self._draft_budget()
+            )
         return output
 
     def update_from_output(
@@ -194,13 +218,16 @@ class SpecControlScheduler(Scheduler):
         self._k = decision.k
         self._overrides = dict(decision.per_request or {})
         step_k: dict[str, int] = {}
+        proposed: dict[str, int] = {}
         for request in self.running:
             rid = request.request_id
             k = self._overrides.get(self._names.get(rid, rid), self._k)
             step_k[rid] = k
-            if len(request.spec_token_ids) > k:
+            proposed[rid] = len(request.spec_token_ids)
+            if proposed[rid] > k:
                 request.spec_token_ids = request.spec_token_ids[:k]
         self._step_k = step_k
+        self._step_proposed = proposed
 
     def _draft_budget(self) -> int:
         # One budget for the whole batch: the largest k any running request may verify next
@@ -212,13 +239,16 @@ class SpecControlScheduler(Scheduler):
 
     def _record(self, out: SchedulerOutput, num_sampled: Mapping[str, int]) -> StepRecord:
         t0, started_at = self._step_start
-        requests: list[RequestStep] = []
+        wall_time = time.perf_counter() - t0
         finished: list[FinishedRequest] = []
         decode_tokens = spec_tokens = prefill_tokens = 0
-        finished_at = started_at + (time.perf_counter() - t0)
 
+        # What each request computed comes first: on the model clock the step's end, and so
+        # every token time, is priced from it.
+        computed = []
+        parts: list[tuple[int, int, int]] = []  # what StepLoad.build prices, per request
         for rid, num_tokens in out.num_scheduled_tokens.items():
-            request, prefilling, outputs_before = self._step_before[rid]
+            request, prefilling, outputs_before, computed_before = self._step_before[rid]
             drafted = len(out.scheduled_spec_decode_tokens.get(rid, ()))
             # vLLM's own count: every sampled token past the first is an accepted draft.
             accepted = max(num_sampled[rid] - 1, 0) if drafted else 0
@@ -226,7 +256,18 @@ class SpecControlScheduler(Scheduler):
             prefill_tokens += prefill
             spec_tokens += drafted
             decode_tokens += 0 if prefilling else 1
+            computed.append(
+                (rid, request, drafted, accepted, prefill, outputs_before, computed_before)
+            )
+            parts.append((prefill, computed_before, drafted))
+        if self.cost_model is not None:
+            step_time = self.cost_model.seconds(StepLoad.build(parts))
+        else:
+            step_time = wall_time
+        finished_at = started_at + step_time
 
+        requests: list[RequestStep] = []
+        for rid, request, drafted, accepted, prefill, outputs_before, context in computed:
             name = self._names.get(rid, rid)
             generated = request.num_output_tokens - outputs_before
             if generated and rid not in self._first_token_at:
@@ -242,6 +283,8 @@ class SpecControlScheduler(Scheduler):
                     prefill_tokens=prefill,
                     output_tokens=request.num_output_tokens,
                     first_token_at=first_token_at,
+                    context=context,
+                    proposed=self._step_proposed.get(rid, 0),
                 )
             )
             if request.is_finished():
@@ -271,7 +314,7 @@ class SpecControlScheduler(Scheduler):
         record = StepRecord(
             step=self._num_steps - 1,
             started_at=started_at,
-            step_time=finished_at - started_at,
+            step_time=step_time,
             k=self._k,
             draft_budget=out.num_spec_tokens_to_schedule,
             batch_size=len(out.num_scheduled_tokens),
@@ -286,6 +329,7 @@ class SpecControlScheduler(Scheduler):
             kv_cache_usage=self.get_kv_cache_usage(),
             requests=tuple(requests),
             finished=tuple(finished),
+            wall_time=wall_time,
         )
         self._num_arrived = 0
         return record

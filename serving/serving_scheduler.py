@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 
 from agents.controller import Controller
+from agents.cost import load_profile
 from agents.features import FeatureBuilder, FeatureConfig
 from agents.guarded import FALLBACK, POLICY, GuardedController
 from agents.records import StepRecord
 from agents.registry import ControllerContext, build_controller, parse_controller
-from agents.step_time import load_profile
 from serving.controller_settings import CONFIG_KEY, ControllerSettings
 from serving.metrics import ControllerMetrics
 from serving.scheduler_hook import SpecControlScheduler

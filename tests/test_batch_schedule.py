@@ -9,7 +9,7 @@ import pytest
 from agents.batch_schedule import BatchScheduleController, default_table, validate_schedule
 from agents.controller import Controller
 from agents.goodput import expected_tokens
-from agents.step_time import StepTimeModel
+from agents.cost import LinearCost
 from tests.factories import observation
 
 TABLE = [(1, 4, 3), (5, 16, 2), (32, 64, 1)]
@@ -69,7 +69,7 @@ def test_is_a_controller():
 
 def test_default_table_shrinks_k_as_batches_grow():
     # T = 0.01 + 0.0005 B + 0.0005 B k: verification gets costlier with batch size.
-    model = StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0)
+    model = LinearCost(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0)
     table = default_table(model, k_max=4, max_num_seqs=64, acceptance=0.7)
     # Checked against the argmax of E(k) / T(B, k) at every range's ends below.
     assert table == [(1, 3, 4), (4, 5, 3), (6, 13, 2), (14, 46, 1), (47, 64, 0)]

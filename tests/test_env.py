@@ -12,7 +12,7 @@ import envs  # noqa: F401  (registers SpecDecode-v0)
 from agents.features import feature_names
 from agents.goodput import GoodputController
 from agents.policy import residual_k
-from agents.step_time import StepTimeModel
+from agents.cost import LinearCost
 from envs.config import EnvConfig
 from envs.residual import ResidualActions
 from envs.spec_decode_env import SpecDecodeEnv
@@ -95,7 +95,7 @@ def test_bad_action_is_rejected(engine):
 
 
 def test_residual_actions_offset_the_base_controllers_k(engine):
-    base = GoodputController(StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0), engine.k_max, 8)
+    base = GoodputController(LinearCost(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0), engine.k_max, 8)
     env = ResidualActions(make_env(engine), base, offset_max=1)
     assert env.action_space.n == 3
     env.reset(seed=0)

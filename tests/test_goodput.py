@@ -9,14 +9,14 @@ import pytest
 from agents.controller import Controller
 from agents.goodput import ALPHA_MAX, GoodputController, best_k, expected_tokens
 from agents.records import FinishedRequest, RequestStep, StepRecord
-from agents.step_time import StepTimeModel
+from agents.cost import LinearCost
 from tests.factories import decode_step, observation
 
 K_MAX = 4
 MAX_SEQS = 64
 # T = 0.01 + 0.0005 B + 0.0005 B k: at B=1 a draft token costs 5% of a step, at B=64 it
 # costs 0.032 s against a 0.042 s step without speculation.
-MODEL = StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0)
+MODEL = LinearCost(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0)
 
 
 def step(*requests: tuple[str, int, int], finished: tuple[str, ...] = ()) -> StepRecord:
@@ -97,7 +97,7 @@ def test_k0_bias_tips_a_near_tie_to_zero():
     # At alpha = 0.5, B = 1 and T = 0.01 + tau k with tau = 1.5 / 101 - 0.01:
     # G(0) = 100, G(1) = 1.5 / (0.01 + tau) = 101, G(2) = 1.75 / (0.01 + 2 tau) = 88.8.
     tau = 1.5 / 101 - 0.01
-    model = StepTimeModel(0.01, 0.0, tau, 0.0, 0.0, 0.0)
+    model = LinearCost(0.01, 0.0, tau, 0.0, 0.0, 0.0)
     unbiased = GoodputController(model, K_MAX, MAX_SEQS, prior=0.5, k0_bias=0.0)
     assert unbiased.predicted_goodput(1, 1) == pytest.approx(101.0)
     assert unbiased.decide(observation(1)).k == 1
@@ -109,7 +109,7 @@ def test_collapsed_acceptance_recovers_within_bound():
     # At B=1 this model speculates only for alpha > 0.5: G(1) = 1.5 / (0.01 + tau) equals
     # 1.03 * G(0) = 1.03 / 0.01 at alpha = 0.5.
     tau = 1.5 * 0.01 / 1.03 - 0.01
-    controller = GoodputController(StepTimeModel(0.01, 0.0, tau, 0.0, 0.0, 0.0), K_MAX, MAX_SEQS)
+    controller = GoodputController(LinearCost(0.01, 0.0, tau, 0.0, 0.0, 0.0), K_MAX, MAX_SEQS)
     for _ in range(11):
         controller.observe(step(("r", 4, 0)))
     low = controller.alpha

@@ -24,7 +24,7 @@ from agents.guarded import (
 )
 from agents.policy import WEIGHTS_FILE, load_policy
 from agents.records import FinishedRequest, StepRecord
-from agents.step_time import StepTimeModel
+from agents.cost import LinearCost
 from benchmarks.decision_time import export_fresh_policy
 
 CONFIG = FeatureConfig(
@@ -302,7 +302,7 @@ def test_a_failing_listener_does_not_break_decide(artifact, obs):
 
 
 def test_goodput_fallback_end_to_end(artifact, obs):
-    goodput = GoodputController(StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0), 4, 8)
+    goodput = GoodputController(LinearCost(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0), 4, 8)
     guard, _ = make_guard(artifact, goodput)
     expected = goodput.decide(obs)
     assert guard.decide(with_vector(obs, prev_k=np.nan)) == expected

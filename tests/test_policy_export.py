@@ -34,7 +34,7 @@ from agents.policy import (
 )
 from agents.records import RequestStep
 from agents.static import StaticController
-from agents.step_time import StepTimeModel
+from agents.cost import LinearCost
 from tests.factories import decode_step, observation
 from training.export import config_hash, export_policy
 
@@ -461,7 +461,7 @@ def test_residual_policy_offsets_its_base(residual_model, residual_artifact):
 
 
 def test_residual_policy_drives_its_base(residual_artifact):
-    base = GoodputController(StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0), K_MAX, 8)
+    base = GoodputController(LinearCost(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0), K_MAX, 8)
     controller = PPOController.load(residual_artifact, base=base)
     controller.observe(
         decode_step(

@@ -16,7 +16,7 @@ import pytest
 from agents.features import SCHEMA_VERSION, FeatureBuilder, FeatureConfig, feature_names
 from agents.goodput import GoodputController
 from agents.policy import PPOController, residual_k
-from agents.step_time import StepTimeModel
+from agents.cost import LinearCost
 from training.cli import ConfigError, parse_config
 from training.train_ppo import TrainConfig, main
 
@@ -56,7 +56,7 @@ def test_a_short_training_run_leaves_a_usable_policy(tmp_path):
     # The default policy is residual: offsets -1..+1 to the goodput controller's k.
     model = PPO.load(run / "final_model.zip", device="cpu")
     assert model.action_space.n == 3
-    base = GoodputController(StepTimeModel(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0), 4, 8)
+    base = GoodputController(LinearCost(0.01, 5e-4, 5e-4, 0.0, 0.0, 0.0), 4, 8)
     controller = PPOController.load(
         run / "policy", schema_version=SCHEMA_VERSION, feature_names=feature_names(), k_max=4,
         base=base,

@@ -35,7 +35,7 @@ from agents.registry import (
     build_controller,
     parse_controller,
 )
-from agents.step_time import Profile, load_profile
+from agents.cost import Profile, load_profile
 from envs.config import DEFAULT_TRACE, EnvConfig
 from envs.ledger import SLO
 from envs.replayer import WorkloadReplayer
@@ -44,7 +44,7 @@ from envs.traces import PromptFactory, Trace, apply_replay, load_trace
 from serving.config import EngineConfig
 from serving.live_engine import LiveEngine
 from training.bootstrap import ratio_interval
-from training.profile import default_profile_path
+from serving.config import default_profile_path
 
 METRICS = (
     "goodput_tps",

@@ -15,7 +15,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from agents.features import SCHEMA_VERSION, feature_names
 from agents.goodput import GoodputController
 from agents.policy import PPOController
-from agents.step_time import Profile
+from agents.cost import Profile
 from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
 from envs.spec_decode_env import feature_config
@@ -137,7 +137,7 @@ class CompareCallback(BaseCallback):
         engine = self.env.engine
 
         def goodput_controller() -> GoodputController:
-            return GoodputController(self.profile.step_time, engine.k_max, engine.max_num_seqs)
+            return GoodputController(self.profile.cost, engine.k_max, engine.max_num_seqs)
 
         build = {
             "policy": lambda: PPOController.load(policy_dir, base=goodput_controller()),

@@ -210,11 +210,11 @@ def env_config(cfg: TrainConfig, *, evaluation: bool = False):
     )
 
 
-def make_env(config, seed: int, offset_max: int = 0, step_time=None):
+def make_env(config, seed: int, offset_max: int = 0, cost=None):
     """A factory for SB3's vector envs: one environment (and its engine) per call.
 
     With `offset_max` >= 1 the actions are offsets to a goodput controller's k (built from
-    `step_time`, the engine's profiled step-time model), as `ResidualActions` describes.
+    `cost`, the engine's cost model), as `ResidualActions` describes.
     """
 
     def build():
@@ -229,7 +229,7 @@ def make_env(config, seed: int, offset_max: int = 0, step_time=None):
             from envs.residual import ResidualActions
 
             engine = config.engine
-            base = GoodputController(step_time, engine.k_max, engine.max_num_seqs)
+            base = GoodputController(cost, engine.k_max, engine.max_num_seqs)
             env = ResidualActions(env, base, offset_max)
         env = Monitor(env)
         env.reset(seed=seed)
@@ -270,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_inputs(cfg: TrainConfig, train_env, eval_env) -> dict[str, Any]:
     """Everything that can be wrong, checked before any engine starts."""
-    from agents.step_time import load_profile
+    from agents.cost import load_profile
     from envs.traces import apply_replay, load_trace
-    from training.profile import default_profile_path
+    from serving.config import default_profile_path
 
     trace = load_trace(train_env.trace, train_env.trace_format)
     if trace.duration_s < cfg.window_s:
@@ -309,9 +309,9 @@ def train(cfg: TrainConfig, run_dir: Path, train_env, eval_env, checks: dict) ->
     from training.wandb_run import WandbRun
 
     torch.set_num_threads(1)
-    step_time = checks["profile"].step_time
+    cost = checks["profile"].cost
     factories = [
-        make_env(train_env, cfg.seed + i, cfg.residual_offsets, step_time)
+        make_env(train_env, cfg.seed + i, cfg.residual_offsets, cost)
         for i in range(cfg.n_envs)
     ]
     vec_env = (

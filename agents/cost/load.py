@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from agents.records import RequestStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,21 @@ class StepLoad:
             draft_len=int(k) if batch else 0,
         )
 
+    @classmethod
+    def build(cls, requests: Iterable[tuple[int, int, int]]) -> StepLoad:
+        """From (prompt tokens computed, context before the step, drafts verified) per
+        scheduled request: those computing prompt tokens prefill, the others decode."""
+        contexts: list[int] = []
+        counts: list[int] = []
+        prefill: list[tuple[int, int]] = []
+        for prompt, context, verified in requests:
+            if prompt:
+                prefill.append((prompt, context))
+            else:
+                contexts.append(context)
+                counts.append(verified)
+        return cls(tuple(contexts), tuple(counts), tuple(prefill), max(counts, default=0))
+
     @property
     def num_decode(self) -> int:
         """Decoding requests in the step."""
@@ -69,3 +87,17 @@ class StepLoad:
     def mean_context(self) -> float:
         """Mean KV-cache length of the decoding requests (0 when none decode)."""
         return sum(self.decode_context) / self.num_decode if self.num_decode else 0.0
+
+
+def load_of(
+    requests: Iterable[RequestStep], verified: Callable[[RequestStep], int] | None = None
+) -> StepLoad:
+    """The load of a step from its per-request records.
+
+    `verified(r)`, when given, replaces each decoding request's verified drafts: the load the
+    step would have computed at another k (e.g. `lambda r: min(k, r.proposed)`).
+    """
+    return StepLoad.build(
+        (r.prefill_tokens, r.context, r.drafted if verified is None else verified(r))
+        for r in requests
+    )
