@@ -202,9 +202,6 @@ NGRAM_NOTE = (
     "ngram engines have no draft model to price: proposals come from a CPU-side lookup of the "
     "request's last tokens in its own tokens, microseconds per request, not priced"
 )
-MODEL_NOT_MEASUREMENT = (
-    "A model of a deployment built from measured parts, not a measurement of one."
-)
 
 
 @dataclass(frozen=True)
@@ -365,18 +362,22 @@ def build(preset: Preset, gpu_profiles: Path) -> dict[str, Any]:
             **layer_table(gpu_profiles / preset.vidur_csv, target, TABLE_MAX_TOKENS),
         }
         parts = (
+            "A model of a deployment built from measured parts, not a measurement of one. "
             f"Decoder layers from Vidur's measured per-operator CUDA timings ({cited}; "
             f"{VIDUR}); LM head, attention and draft model by roofline from datasheet constants"
         )
     else:
-        parts = "Every part by roofline from datasheet constants and the models' shapes"
+        parts = (
+            "A model of a deployment built from published constants, not a measurement of one. "
+            "Every part by roofline from datasheet constants and the models' shapes"
+        )
     limits, derivation = engine_limits(preset)
     return {
         "kind": preset.kind,
         "deployment": f"{gpu['name']}, {preset.target} in bf16, tensor parallel 1",
         "methods": list(METHODS),
         "source": (
-            f"{MODEL_NOT_MEASUREMENT} {parts}. Each constant names its public source beside it "
+            f"{parts}. Each constant names its public source beside it "
             "(cost.*.source, cost.step_overhead_source, sources)."
         ),
         "engine": limits,
@@ -420,9 +421,14 @@ def main() -> None:
         "--out", type=Path, default=PROFILE_DIR, help="folder to write <preset>.json into"
     )
     args = parser.parse_args()
-    for preset in PRESETS:
+    # Build every preset before writing any, so a missing CSV leaves the old files whole.
+    try:
+        built = [(preset, build(preset, args.gpu_profiles)) for preset in PRESETS]
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    for preset, data in built:
         path = args.out / f"{preset.name}.json"
-        save_profile(path, build(preset, args.gpu_profiles))
+        save_profile(path, data)
         for method in METHODS:
             load_profile(path, method=method)
         print(f"wrote {path}")
