@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from agents.registry import parse_controller
 from training.bootstrap import ratio_interval
-from training.evaluate import main
+from training.evaluate import METRICS, Run, format_table, main, table
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRACE = "synthetic:poisson?rate=6&duration=5&input_mean=48&output_mean=24&seed=4"
@@ -78,3 +79,46 @@ def test_bad_input_is_refused_before_any_replay(argv, message, capsys):
     err = capsys.readouterr().err
     assert message in err
     assert "goodput tok/s" not in err
+
+
+def _metrics(goodput: float, under_slo: float) -> dict[str, float]:
+    return {m: 0.5 for m in METRICS} | {
+        "goodput_tps": goodput,
+        "goodput_under_slo_tps": under_slo,
+    }
+
+
+def _run(name: str, goodput: float, under_slo: float) -> Run:
+    return Run(parse_controller(name, k_max=4), metrics=[_metrics(goodput, under_slo)])
+
+
+def test_table_marks_ratios_to_a_zero_reference_undefined():
+    rows = table([_run("nospec", 100, 0), _run("static:2", 0, 0), _run("goodput", 150, 30)])
+    goodput = rows[-1]
+    assert goodput["goodput_vs_nospec"] == pytest.approx(1.5)
+    for column in ("goodput_vs_best_static", "under_slo_vs_best_static", "under_slo_vs_nospec"):
+        assert goodput[column] is None
+    assert goodput["undefined"] == {
+        "goodput_vs_best_static": "the best static k's goodput is 0",
+        "under_slo_vs_best_static": "the best static k's goodput under SLO is 0",
+        "under_slo_vs_nospec": "nospec's goodput under SLO is 0",
+    }
+    text = format_table(rows)
+    assert text.splitlines()[2].split()[-3:] == ["n/a", "n/a", "n/a"]
+    assert "n/a: the best static k's goodput is 0" in text
+    assert text.count("n/a: nospec's goodput under SLO is 0") == 1
+    json.dumps(rows, allow_nan=False)  # null, not NaN, in the JSON
+
+
+def test_table_marks_ratios_to_a_missing_reference_undefined():
+    rows = table([_run("static:2", 100, 50), _run("goodput", 120, 60)])
+    goodput = rows[-1]
+    assert goodput["under_slo_vs_best_static"] == pytest.approx(1.2)
+    assert goodput["under_slo_vs_nospec"] is None and goodput["goodput_vs_nospec"] is None
+    assert goodput["undefined"] == {
+        "goodput_vs_nospec": "nospec's goodput is missing",
+        "under_slo_vs_nospec": "nospec's goodput under SLO is missing",
+    }
+    text = format_table(rows)
+    assert "n/a: nospec's goodput under SLO is missing" in text
+    assert "nospec's goodput is missing" not in text  # that column is not printed

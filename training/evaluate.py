@@ -10,8 +10,10 @@ With --repeats, the controllers' order rotates each repeat so the machine's drif
 favour one of them; metrics are averaged over repeats, and each repeat's goodput under SLO is
 printed under the table (how far one replay is from another). From 3 repeats on, each
 adaptive controller's ratios under SLO to the goodput controller, the best static k and
-nospec follow, with 90% paired bootstrap intervals (`training.bootstrap`). Prints one table;
---json (with every repeat's metrics and the intervals), --plot and --track save it.
+nospec follow, with 90% paired bootstrap intervals (`training.bootstrap`). A ratio whose
+reference did not run or scored 0 is undefined: `n/a` in the table, null in the JSON, with the
+reason. Prints one table; --json (with every repeat's metrics and the intervals), --plot and
+--track save it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from serving.config import EngineConfig
 from serving.live_engine import LiveEngine
 from training.bootstrap import ratio_interval
 from training.profile import default_profile_path
+from training.ratio import UNDEFINED, format_ratio, ratio
 
 METRICS = (
     "goodput_tps",
@@ -56,6 +59,8 @@ METRICS = (
     "slo_attainment",
     "mean_k",
 )
+MEASURES = {"goodput_tps": "goodput", "goodput_under_slo_tps": "goodput under SLO"}
+"""The metrics controllers are compared on, as the reasons of undefined ratios name them."""
 
 
 @dataclass
@@ -151,15 +156,27 @@ def evaluate(
 
 
 def table(runs: list[Run]) -> list[dict]:
-    """One row per controller: mean metrics and ratios to the best static k and nospec."""
+    """One row per controller: mean metrics and ratios to the best static k and nospec.
+
+    A ratio whose reference did not run or scored 0 is None, and the row's "undefined" maps
+    its column to the reason.
+    """
     rows = [{"controller": r.spec.name} | {m: r.mean(m) for m in METRICS} for r in runs]
     statics = [row for row, r in zip(rows, runs, strict=True) if r.spec.kind == "static"]
     plain = next((row for row, r in zip(rows, runs, strict=True) if r.spec.kind == "nospec"), None)
+    references = {}  # column: (metric, the reference's value or None, what the reference is)
     for key, label in (("goodput_tps", "goodput"), ("goodput_under_slo_tps", "under_slo")):
         best = max((row[key] for row in statics), default=None)
-        for row in rows:
-            row[f"{label}_vs_best_static"] = row[key] / best if best else float("nan")
-            row[f"{label}_vs_nospec"] = row[key] / plain[key] if plain else float("nan")
+        references[f"{label}_vs_best_static"] = (key, best, f"the best static k's {MEASURES[key]}")
+        nospec = plain[key] if plain else None
+        references[f"{label}_vs_nospec"] = (key, nospec, f"nospec's {MEASURES[key]}")
+    for row in rows:
+        undefined = {}
+        for column, (key, reference, name) in references.items():
+            row[column], why = ratio(row[key], reference, name)
+            if why is not None:
+                undefined[column] = why
+        row["undefined"] = undefined
     return rows
 
 
@@ -177,16 +194,26 @@ def format_table(rows: list[dict]) -> str:
         f"{'slo/best':>8} {'slo/nospec':>10}"
     )
     lines = [head, "-" * len(head)]
+    shown = ("goodput_vs_best_static", "under_slo_vs_best_static", "under_slo_vs_nospec")
     for r in rows:
         lines.append(
             f"{r['controller']:<{width}} {r['goodput_tps']:8.0f} {r['goodput_under_slo_tps']:8.0f} "
             f"{r['ttft_p50_s'] * 1e3:7.1f} {r['ttft_p99_s'] * 1e3:7.1f} "
             f"{r['tpot_p50_s'] * 1e3:7.2f} {r['tpot_p99_s'] * 1e3:7.2f} "
-            f"{r['slo_attainment']:6.3f} {r['mean_k']:6.2f} {r['goodput_vs_best_static']:7.3f} "
-            f"{r['under_slo_vs_best_static']:8.3f} {r['under_slo_vs_nospec']:10.3f}"
+            f"{r['slo_attainment']:6.3f} {r['mean_k']:6.2f} "
+            f"{format_ratio(r['goodput_vs_best_static'], 7)} "
+            f"{format_ratio(r['under_slo_vs_best_static'], 8)} "
+            f"{format_ratio(r['under_slo_vs_nospec'], 10)}"
         )
     lines.append("goodput, underSLO: tokens/s of engine time; TTFT ms; TPOT ms per token")
+    reasons = (r["undefined"].get(column) for r in rows for column in shown)
+    lines += _footnotes(reasons)
     return "\n".join(lines)
+
+
+def _footnotes(reasons) -> list[str]:
+    """One line per distinct reason (None skipped), saying why some ratios are n/a."""
+    return [f"{UNDEFINED}: {why}" for why in dict.fromkeys(reasons) if why is not None]
 
 
 def format_repeats(runs: list[Run]) -> str:
@@ -211,7 +238,8 @@ def intervals(runs: list[Run], key: str = "goodput_under_slo_tps") -> dict[str, 
     """Per adaptive controller: its ratio of means to each reference, with an interval.
 
     References: the goodput controller ("goodput"), the best static k ("best_static") and
-    the plain engine ("nospec"), those that ran.
+    the plain engine ("nospec"). One that did not run or scored 0 gives an undefined
+    (None) ratio and interval, with the reason under "undefined".
     """
     per_repeat = {r.spec.name: [m[key] for m in r.metrics] for r in runs}
     references = {
@@ -219,11 +247,23 @@ def intervals(runs: list[Run], key: str = "goodput_under_slo_tps") -> dict[str, 
         "best_static": [per_repeat[r.spec.name] for r in runs if r.spec.kind == "static"],
         "nospec": [per_repeat[r.spec.name] for r in runs if r.spec.kind == "nospec"][:1],
     }
+    names = {
+        "goodput": "the goodput controller's",
+        "best_static": "the best static k's",
+        "nospec": "nospec's",
+    }
     return {
         r.spec.name: {
-            ref: vars(ratio_interval(per_repeat[r.spec.name], values, confidence=CONFIDENCE))
+            ref: vars(
+                ratio_interval(
+                    per_repeat[r.spec.name],
+                    values,
+                    name=f"{names[ref]} {MEASURES[key]}",
+                    confidence=CONFIDENCE,
+                )
+            )
             for ref, values in references.items()
-            if values and ref != r.spec.kind
+            if ref != r.spec.kind
         }
         for r in runs
         if r.spec.kind not in BASELINES
@@ -236,11 +276,14 @@ def format_intervals(found: dict[str, dict], repeats: int) -> str:
     head = f"{CONFIDENCE:.0%} paired bootstrap interval over {repeats} repeats"
     lines = [f"under SLO, ratio of means [{head}]"]
     for name, refs in found.items():
-        cells = (
-            f"/ {ref} {iv['ratio']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
-            for ref, iv in refs.items()
-        )
+        cells = []
+        for ref, iv in refs.items():
+            cell = f"/ {ref} {format_ratio(iv['ratio'], 0)}"
+            if iv["ratio"] is not None:
+                cell += f" [{format_ratio(iv['low'], 0)}, {format_ratio(iv['high'], 0)}]"
+            cells.append(cell)
         lines.append(f"{name:<{width}} " + "  ".join(cells))
+    lines += _footnotes(iv["undefined"] for refs in found.values() for iv in refs.values())
     return "\n".join(lines)
 
 
@@ -284,7 +327,7 @@ def track(args: argparse.Namespace, rows: list[dict], plot_path: Path | None) ->
         job_type="evaluate",
         config=vars(args) | {"controllers": args.controllers},
     )
-    columns = list(rows[0])
+    columns = [c for c in rows[0] if c != "undefined"]  # the reasons stay in the JSON
     run.log(
         {"evaluation": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])}
     )
