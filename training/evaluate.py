@@ -13,7 +13,8 @@ adaptive controller's ratios under SLO to the goodput controller, the best stati
 nospec follow, with 90% paired bootstrap intervals (`training.bootstrap`). A ratio whose
 reference did not run or scored 0 is undefined: `n/a` in the table, null in the JSON, with the
 reason. Prints one table; --json (with every repeat's metrics and the intervals), --plot and
---track save it.
+--track save it. Each replay's metrics are appended to a JSONL file (beside --json, or under
+runs/eval/) as soon as it finishes, and a failure after some replays still reports them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -61,6 +63,8 @@ METRICS = (
 )
 MEASURES = {"goodput_tps": "goodput", "goodput_under_slo_tps": "goodput under SLO"}
 """The metrics controllers are compared on, as the reasons of undefined ratios name them."""
+EVAL_DIR = Path("runs") / "eval"
+"""Where the replays' JSONL goes when there is no --json to put it beside."""
 
 
 @dataclass
@@ -108,14 +112,20 @@ def replay(
 
 def evaluate(
     env: EnvConfig,
-    specs: list[ControllerSpec],
+    runs: list[Run],
     *,
     workload: Trace,
     repeats: int,
     seed: int,
     profile: Profile | None,
-) -> list[Run]:
-    """Run every controller `repeats` times on the workload; return their runs."""
+    log: Path | None = None,
+) -> None:
+    """Run every controller `repeats` times on the workload, adding the metrics to `runs`.
+
+    Each replay's metrics are also appended to `log` (JSONL) as soon as it finishes, so a
+    failure in a later replay loses none of them; `runs` holds them too.
+    """
+    specs = [run.spec for run in runs]
     engines: dict[bool, LiveEngine] = {}
     if any(s.speculates for s in specs):
         engines[True] = LiveEngine(env.engine)
@@ -130,7 +140,6 @@ def evaluate(
     }
     features_config = feature_config(env, env.engine)
     context = ControllerContext.from_features(features_config, profile)
-    runs = [Run(spec) for spec in specs]
     try:
         for repeat in range(repeats):
             shift = repeat % len(runs)
@@ -142,6 +151,10 @@ def evaluate(
                 )
                 metrics["wall_s"] = time.perf_counter() - started
                 run.metrics.append(metrics)
+                if log is not None:
+                    line = {"controller": run.spec.name, "repeat": repeat + 1, "metrics": metrics}
+                    with log.open("a") as out:
+                        out.write(json.dumps(line, default=str) + "\n")
                 print(
                     f"  repeat {repeat + 1}/{repeats} {run.spec.name} "
                     f"goodput {metrics['goodput_tps']:7.0f} tok/s  "
@@ -152,7 +165,6 @@ def evaluate(
     finally:
         for engine in engines.values():
             engine.close()
-    return runs
 
 
 def table(runs: list[Run]) -> list[dict]:
@@ -396,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=None, help="step-time profile JSON")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="write the table here")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write the table here (the replays' JSONL beside)"
+    )
     parser.add_argument("--plot", type=Path, default=None, help="write the plots here (PNG)")
     parser.add_argument("--track", action="store_true", help="log to Weights & Biases")
     parser.add_argument("--wandb-project", default="turbospec-rl")
@@ -414,28 +428,73 @@ def main(argv: list[str] | None = None) -> int:
         f"(window {args.window} s at {args.window_start} s, rate x{args.rate_scale}) "
         f"from {args.trace}"
     )
-    runs = evaluate(
-        env, specs, workload=workload, repeats=args.repeats, seed=args.seed, profile=profile
-    )
+    log = replays_path(args.json)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    print(f"each replay's metrics are appended to {log}")
+    runs = [Run(spec) for spec in specs]
+    status, error = 0, None
+    try:
+        evaluate(
+            env,
+            runs,
+            workload=workload,
+            repeats=args.repeats,
+            seed=args.seed,
+            profile=profile,
+            log=log,
+        )
+    except KeyboardInterrupt:
+        status, error = 130, "interrupted"
+    except Exception as err:
+        traceback.print_exc()
+        status, error = 1, f"{type(err).__name__}: {err}"
+    if error is not None:
+        print(f"error: {error}; reporting the replays that finished", file=sys.stderr)
+    report(args, [r for r in runs if r.metrics], error)
+    return status
+
+
+def replays_path(json_path: Path | None) -> Path:
+    """The JSONL of every replay's metrics: beside the --json file, or a new one in runs/eval/."""
+    if json_path is not None:
+        return json_path.with_suffix(".replays.jsonl")
+    return EVAL_DIR / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}.replays.jsonl"
+
+
+def report(args: argparse.Namespace, runs: list[Run], error: str | None) -> None:
+    """Print the table of the runs that have replays and save it as the options ask.
+
+    After a failure (`error`) the runs may hold different numbers of repeats; the intervals,
+    which pair repeats, are then left out.
+    """
+    if not runs:
+        return
     rows = table(runs)
     print()
     print(format_table(rows))
-    if args.repeats > 1:
+    counts = {len(r.metrics) for r in runs}
+    if max(counts) > 1:
         print(format_repeats(runs))
-    found = intervals(runs) if args.repeats >= INTERVAL_MIN_REPEATS else {}
+    repeats = counts.pop() if len(counts) == 1 else 0
+    found = intervals(runs) if repeats >= INTERVAL_MIN_REPEATS else {}
     if found:
-        print(format_intervals(found, args.repeats))
+        print(format_intervals(found, repeats))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        repeats = {r.spec.name: r.metrics for r in runs}
-        record = {"args": vars(args), "rows": rows, "repeats": repeats, "intervals": found}
+        record = {
+            "args": vars(args),
+            "rows": rows,
+            "repeats": {r.spec.name: r.metrics for r in runs},
+            "intervals": found,
+            "error": error,
+        }
         args.json.write_text(json.dumps(record, indent=2, default=str))
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot(runs, rows, args.plot)
     if args.track:
         track(args, rows, args.plot)
-    return 0
 
 
 if __name__ == "__main__":
