@@ -31,6 +31,7 @@ from envs.ledger import SLO
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
 from serving.config import LM_DIR, PROJECT_ROOT, SHIPPED_POLICY
 from serving.server_process import ServerProcess, completion_request, stream_chunk
+from training.cli import deprecated_alias
 from training.ratio import UNDEFINED, format_ratio, ratio
 
 AZURE_CONV = "../shared/traces/AzureLLMInferenceTrace_conv.csv"
@@ -169,8 +170,14 @@ def format_rows(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", default=AZURE_CONV, help="trace file or synthetic: spec")
-    parser.add_argument("--window", type=float, default=30.0, help="trace seconds to replay")
-    parser.add_argument("--window-start", type=float, default=3000.0)
+    window = parser.add_argument(
+        "--window-s", type=float, default=30.0, help="trace seconds to replay"
+    )
+    deprecated_alias(parser, window, "--window")
+    start = parser.add_argument(
+        "--window-start-s", type=float, default=3000.0, help="trace second the window starts at"
+    )
+    deprecated_alias(parser, start, "--window-start")
     parser.add_argument("--rate-scale", type=float, default=2.0)
     parser.add_argument("--controllers", default=DEFAULT_CONTROLLERS, help="comma-separated")
     parser.add_argument("--repeats", type=int, default=2, help="replays per controller")
@@ -182,18 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = EnvConfig(
-        trace=args.trace, window_s=args.window, window_start_s=args.window_start,
+        trace=args.trace, window_s=args.window_s, window_start_s=args.window_start_s,
         rate_scale=args.rate_scale,
     )  # fmt: skip
-    workload = apply_replay(load_trace(args.trace), env.replay_options(args.window_start))
+    workload = apply_replay(load_trace(args.trace), env.replay_options(args.window_start_s))
     if not len(workload):
-        parser.error(f"no requests in the {args.window} s window at {args.window_start} s")
+        parser.error(f"no requests in the {args.window_s} s window at {args.window_start_s} s")
     factory = PromptFactory(LM_DIR / "target", seed=args.seed, weights=env.prompt_styles)
     prompts = [factory.make(r.input_tokens).token_ids for r in workload.requests]
     tokens = sum(r.output_tokens for r in workload.requests)
     print(
         f"{workload.name}: {len(workload)} requests, {tokens} output tokens in "
-        f"{args.window / args.rate_scale:.0f} s",
+        f"{args.window_s / args.rate_scale:.0f} s",
         flush=True,
     )
 

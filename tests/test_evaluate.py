@@ -23,7 +23,7 @@ TINY_TRACE = "synthetic:poisson?rate=6&duration=5&input_mean=48&output_mean=24&s
 def test_controllers_replay_the_same_window_side_by_side(tmp_path):
     out = tmp_path / "table.json"
     args = [
-        "--trace", TINY_TRACE, "--window", "5", "--max-num-seqs", "8",
+        "--trace", TINY_TRACE, "--window-s", "5", "--max-num-seqs", "8",
         "--controllers", "nospec,static:0,static:3,vllm-schedule,goodput",
         "--repeats", "3", "--json", str(out), "--plot", str(tmp_path / "plot.png"),
     ]  # fmt: skip
@@ -73,7 +73,7 @@ def test_controllers_replay_the_same_window_side_by_side(tmp_path):
         (["--controllers", "goodput", "--profile", "/nonexistent/p.json"], "/nonexistent/p.json"),
         (["--max-input-tokens", "1000"], "max_input_tokens + max_output_tokens = 1128 exceeds"),
         (["--trace", "/nonexistent/trace.csv"], "/nonexistent/trace.csv"),
-        (["--window-start", "100000"], "no requests in the 60.0 s window at 100000.0 s"),
+        (["--window-start-s", "100000"], "no requests in the 60.0 s window at 100000.0 s"),
     ],
 )
 def test_bad_input_is_refused_before_any_replay(argv, message, capsys):
@@ -83,13 +83,22 @@ def test_bad_input_is_refused_before_any_replay(argv, message, capsys):
     assert "goodput tok/s" not in err
 
 
+def test_old_option_spellings_still_work_with_a_deprecation_warning(capsys):
+    assert main(["--window", "5", "--window-start", "100000", "--ttft-slo", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "no requests in the 5.0 s window at 100000.0 s" in err
+    assert "--window is deprecated and will be removed in the next release; use --window-s" in err
+    assert "--window-start is deprecated" in err and "use --window-start-s" in err
+    assert "--ttft-slo is deprecated" in err
+
+
 def test_an_slo_no_request_meets_still_gives_the_table_and_the_json(tmp_path):
     # Every goodput under SLO is 0: each ratio to a reference under SLO is undefined.
     out = tmp_path / "table.json"
     args = [
-        "--trace", TINY_TRACE, "--window", "3", "--max-num-seqs", "8",
+        "--trace", TINY_TRACE, "--window-s", "3", "--max-num-seqs", "8",
         "--controllers", "nospec,static:2,goodput", "--repeats", "3",
-        "--ttft-slo", "0.001", "--json", str(out),
+        "--ttft-slo-s", "0.001", "--json", str(out),
     ]  # fmt: skip
     env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
     done = subprocess.run(
@@ -187,7 +196,7 @@ def test_a_failure_after_some_replays_still_reports_them(tmp_path, monkeypatch, 
     monkeypatch.setattr(evaluate_module, "LiveEngine", _FakeEngine)
     monkeypatch.setattr(evaluate_module, "replay", replay)
     out = tmp_path / "table.json"
-    argv = ["--trace", TINY_TRACE, "--window", "5", "--controllers", "nospec,static:2,static:3"]
+    argv = ["--trace", TINY_TRACE, "--window-s", "5", "--controllers", "nospec,static:2,static:3"]
     assert main([*argv, "--json", str(out)]) == 1
     captured = capsys.readouterr()
     assert "RuntimeError: engine died" in captured.err

@@ -1,7 +1,7 @@
 """Replay one trace window through the live engine once per controller, side by side.
 
     python -m training.evaluate --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv \\
-        --window 60 --rate-scale 2 --controllers nospec,static:1,static:2,static:4,goodput
+        --window-s 60 --rate-scale 2 --controllers nospec,static:1,static:2,static:4,goodput
 
 Every controller sees the same requests (same window, prompts and seed). Controllers choose
 k inside the scheduler hook, exactly as in serving; `nospec` runs a second engine with no
@@ -48,6 +48,7 @@ from envs.traces import PromptFactory, Trace, apply_replay, load_trace
 from serving.config import EngineConfig
 from serving.live_engine import LiveEngine
 from training.bootstrap import ratio_interval
+from training.cli import deprecated_alias
 from training.profile import default_profile_path
 from training.ratio import UNDEFINED, format_ratio, ratio
 
@@ -358,21 +359,21 @@ def check_inputs(args: argparse.Namespace) -> tuple[EnvConfig, list, Trace, Prof
     env = EnvConfig(
         trace=args.trace,
         trace_format=args.trace_format,
-        window_s=args.window,
-        window_start_s=args.window_start,
+        window_s=args.window_s,
+        window_start_s=args.window_start_s,
         rate_scale=args.rate_scale,
         length_scale=args.length_scale,
         max_input_tokens=args.max_input_tokens,
         max_output_tokens=args.max_output_tokens,
         engine=engine_config,
-        slo=SLO(ttft_s=args.ttft_slo, tpot_s=args.tpot_slo),
+        slo=SLO(ttft_s=args.ttft_slo_s, tpot_s=args.tpot_slo_s),
     )
     specs = [parse_controller(name, args.k_max) for name in args.controllers.split(",")]
     workload = apply_replay(
-        load_trace(args.trace, args.trace_format), env.replay_options(args.window_start)
+        load_trace(args.trace, args.trace_format), env.replay_options(args.window_start_s)
     )
     if not len(workload):
-        raise ValueError(f"no requests in the {args.window} s window at {args.window_start} s")
+        raise ValueError(f"no requests in the {args.window_s} s window at {args.window_start_s} s")
     profile = None
     if any(s.needs_profile for s in specs):
         engine_config.check_models()
@@ -389,8 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", default=DEFAULT_TRACE, help="trace file or synthetic: spec")
     parser.add_argument("--trace-format", default=None, choices=("azure", "burstgpt", "mooncake"))
-    parser.add_argument("--window", type=float, default=60.0, help="trace seconds to replay")
-    parser.add_argument("--window-start", type=float, default=0.0)
+    window = parser.add_argument(
+        "--window-s", type=float, default=60.0, help="trace seconds to replay"
+    )
+    deprecated_alias(parser, window, "--window")
+    start = parser.add_argument(
+        "--window-start-s", type=float, default=0.0, help="trace second the window starts at"
+    )
+    deprecated_alias(parser, start, "--window-start")
     parser.add_argument("--rate-scale", type=float, default=1.0)
     parser.add_argument("--length-scale", type=float, default=1.0)
     parser.add_argument("--max-input-tokens", type=int, default=EnvConfig.max_input_tokens)
@@ -398,8 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="ngram", choices=("ngram", "draft_model"))
     parser.add_argument("--k-max", type=int, default=EngineConfig.k_max)
     parser.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
-    parser.add_argument("--ttft-slo", type=float, default=SLO.ttft_s, help="seconds")
-    parser.add_argument("--tpot-slo", type=float, default=SLO.tpot_s, help="seconds per token")
+    ttft = parser.add_argument(
+        "--ttft-slo-s", type=float, default=SLO.ttft_s, help="time-to-first-token SLO, seconds"
+    )
+    deprecated_alias(parser, ttft, "--ttft-slo")
+    tpot = parser.add_argument(
+        "--tpot-slo-s", type=float, default=SLO.tpot_s, help="time-per-output-token SLO, seconds"
+    )
+    deprecated_alias(parser, tpot, "--tpot-slo")
     parser.add_argument(
         "--controllers",
         default="nospec,static:1,static:2,static:3,static:4,vllm-schedule,goodput",
@@ -425,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"{args.method}: {len(workload)} requests over {workload.duration_s:.1f} s "
-        f"(window {args.window} s at {args.window_start} s, rate x{args.rate_scale}) "
+        f"(window {args.window_s} s at {args.window_start_s} s, rate x{args.rate_scale}) "
         f"from {args.trace}"
     )
     log = replays_path(args.json)
