@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from agents.step_time import Profile, StepTimeModel
 from envs.traces import PromptFactory
-from serving.config import PROJECT_ROOT, EngineConfig, default_profile_path
+from serving.config import EngineConfig, default_profile_path, project_relative
 from serving.live_engine import LiveEngine
 
 SETTLE_STEPS = 2
@@ -148,7 +148,7 @@ def main() -> None:
     model = StepTimeModel.fit(fit_samples)
     drafted = sum(s["drafted"] for s in samples)
     profile = Profile(
-        model=os.path.relpath(config.model, PROJECT_ROOT),
+        model=project_relative(config.model),
         model_id=config.model_id(),
         method=config.method,
         k_max=config.k_max,
