@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.cost import LinearCost
 from agents.features import (
     SCHEMA_VERSION,
     FeatureBuilder,
@@ -36,7 +37,6 @@ from agents.features import (
 from agents.goodput import GoodputController
 from agents.guarded import GuardedController
 from agents.policy import PPOController, load_policy
-from agents.cost import LinearCost
 
 TARGET_US = 20.0
 K_MAX = 4

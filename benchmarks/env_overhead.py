@@ -6,7 +6,7 @@ through the bare `LiveEngine` loop (add, step) at the same steps. The two runs a
 over repeats on one engine; printed: steps per second of each and the ratio of
 environment to bare wall time (target: at most 1.10).
 
-    python -m benchmarks.env_overhead [--method ngram] [--k 2] [--window 10] [--repeats 3]
+    python -m benchmarks.env_overhead [--method ngram] [--k 2] [--window-s 10] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import envs  # noqa: F401  (registers SpecDecode-v0)
 from envs.config import EnvConfig
 from serving.config import EngineConfig
 from serving.live_engine import LiveEngine
+from training.cli import deprecated_alias
 
 
 def run_env(env, engine: LiveEngine, k: int, seed: int) -> tuple[float, int, list]:
@@ -65,12 +66,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", default="ngram", choices=("ngram", "draft_model"))
     parser.add_argument("--k", type=int, default=2)
-    parser.add_argument("--window", type=float, default=10.0, help="trace seconds per episode")
+    window = parser.add_argument(
+        "--window-s", type=float, default=10.0, help="trace seconds per episode"
+    )
+    deprecated_alias(parser, window, "--window")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     engine = LiveEngine(EngineConfig(method=args.method))
-    config = EnvConfig(engine=engine.config, window_s=args.window, window_start_s=0.0)
+    config = EnvConfig(engine=engine.config, window_s=args.window_s, window_start_s=0.0)
     env = gymnasium.make("SpecDecode-v0", config=config, engine=engine).unwrapped
     run_env(env, engine, args.k, seed=0)  # warm-up
 
@@ -83,7 +87,7 @@ def main() -> None:
         env_times.append(env_s / env_steps)
         bare_times.append(bare_s / bare_steps)
     env_step, bare_step = statistics.median(env_times), statistics.median(bare_times)
-    print(f"method={args.method} k={args.k} window={args.window} s, {env_steps} steps/episode")
+    print(f"method={args.method} k={args.k} window={args.window_s} s, {env_steps} steps/episode")
     print(f"bare LiveEngine: {1 / bare_step:7.1f} steps/s ({bare_step * 1e3:.2f} ms/step)")
     print(f"environment:     {1 / env_step:7.1f} steps/s ({env_step * 1e3:.2f} ms/step)")
     print(f"environment / bare step time: {env_step / bare_step:.3f} (target <= 1.10)")

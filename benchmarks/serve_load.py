@@ -6,7 +6,8 @@ trace arrival times as streaming completions of exactly the trace's output lengt
 is measured at the client: TTFT is the time to the first streamed token, TPOT the time per
 token after it. A request meets the SLO when both are within their objectives. Each server
 replays the window `--repeats` times; the table holds the means, side by side, with each
-controller's goodput under SLO relative to the analytic controller's.
+controller's goodput under SLO relative to the analytic controller's (`n/a`, with the reason,
+when the analytic controller did not run or scored 0).
 
     python -m benchmarks.serve_load --controllers guarded:checkpoints/policies/ngram,goodput,nospec
 """
@@ -30,6 +31,8 @@ from envs.ledger import SLO
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
 from serving.config import LM_DIR, PROJECT_ROOT, SHIPPED_POLICY
 from serving.server_process import ServerProcess, completion_request, stream_chunk
+from training.cli import deprecated_alias
+from training.ratio import UNDEFINED, format_ratio, ratio
 
 AZURE_CONV = "../shared/traces/AzureLLMInferenceTrace_conv.csv"
 DEFAULT_CONTROLLERS = (
@@ -128,30 +131,53 @@ def _shorten(name: str, width: int) -> str:
     return name if len(name) <= width else "..." + name[3 - width :]
 
 
-def format_rows(rows: list[dict]) -> str:
-    """The side-by-side table as text."""
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Each row's goodput under SLO relative to the goodput controller's, None if undefined.
+
+    The reason of an undefined ratio goes under the row's "undefined".
+    """
     base = next((r for r in rows if r["controller"] == "goodput"), None)
+    reference = base["goodput_under_slo_tps"] if base else None
+    for row in rows:
+        value, why = ratio(
+            row["goodput_under_slo_tps"], reference, "the goodput controller's goodput under SLO"
+        )
+        row["under_slo_vs_goodput"] = value
+        row["undefined"] = {} if why is None else {"under_slo_vs_goodput": why}
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The side-by-side table (of rows with their ratios, `add_ratios`) as text."""
     head = (
         f"{'controller':<44} {'tok/s':>7} {'SLO tok/s':>9} {'attain':>6} {'TTFT50':>7} "
         f"{'TTFT99':>7} {'TPOT50':>7} {'TPOT99':>7} {'failed':>6} {'slo/goodput':>11}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
-        ratio = r["goodput_under_slo_tps"] / base["goodput_under_slo_tps"] if base else np.nan
         lines.append(
             f"{_shorten(r['controller'], 44):<44} {r['throughput_tps']:7.0f} "
             f"{r['goodput_under_slo_tps']:9.0f} {r['slo_attainment']:6.3f} "
             f"{r['ttft_p50_s']:7.3f} {r['ttft_p99_s']:7.3f} {r['tpot_p50_s']:7.4f} "
-            f"{r['tpot_p99_s']:7.4f} {r['failed']:6.0f} {ratio:11.3f}"
+            f"{r['tpot_p99_s']:7.4f} {r['failed']:6.0f} "
+            f"{format_ratio(r['under_slo_vs_goodput'], 11)}"
         )
+    reasons = dict.fromkeys(why for r in rows for why in r["undefined"].values())
+    lines += [f"{UNDEFINED}: {why}" for why in reasons]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", default=AZURE_CONV, help="trace file or synthetic: spec")
-    parser.add_argument("--window", type=float, default=30.0, help="trace seconds to replay")
-    parser.add_argument("--window-start", type=float, default=3000.0)
+    window = parser.add_argument(
+        "--window-s", type=float, default=30.0, help="trace seconds to replay"
+    )
+    deprecated_alias(parser, window, "--window")
+    start = parser.add_argument(
+        "--window-start-s", type=float, default=3000.0, help="trace second the window starts at"
+    )
+    deprecated_alias(parser, start, "--window-start")
     parser.add_argument("--rate-scale", type=float, default=2.0)
     parser.add_argument("--controllers", default=DEFAULT_CONTROLLERS, help="comma-separated")
     parser.add_argument("--repeats", type=int, default=2, help="replays per controller")
@@ -163,18 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = EnvConfig(
-        trace=args.trace, window_s=args.window, window_start_s=args.window_start,
+        trace=args.trace, window_s=args.window_s, window_start_s=args.window_start_s,
         rate_scale=args.rate_scale,
     )  # fmt: skip
-    workload = apply_replay(load_trace(args.trace), env.replay_options(args.window_start))
+    workload = apply_replay(load_trace(args.trace), env.replay_options(args.window_start_s))
     if not len(workload):
-        parser.error(f"no requests in the {args.window} s window at {args.window_start} s")
+        parser.error(f"no requests in the {args.window_s} s window at {args.window_start_s} s")
     factory = PromptFactory(LM_DIR / "target", seed=args.seed, weights=env.prompt_styles)
     prompts = [factory.make(r.input_tokens).token_ids for r in workload.requests]
     tokens = sum(r.output_tokens for r in workload.requests)
     print(
         f"{workload.name}: {len(workload)} requests, {tokens} output tokens in "
-        f"{args.window / args.rate_scale:.0f} s",
+        f"{args.window_s / args.rate_scale:.0f} s",
         flush=True,
     )
 
@@ -196,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             f"attainment {rows[-1]['slo_attainment']:.3f}",
             flush=True,
         )
-    print(format_rows(rows))
+    print(format_rows(add_ratios(rows)))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "args": vars(args) | {"json": None}}))
     return 0

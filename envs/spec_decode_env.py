@@ -75,6 +75,7 @@ class SpecDecodeEnv(gym.Env):
         self.observation: Observation = self.features.build()
         """The last observation, with its named fields (what analytic controllers read)."""
         self._done = True
+        self._closed = False
 
     # --- Gymnasium API ---------------------------------------------------------------------
 
@@ -83,8 +84,9 @@ class SpecDecodeEnv(gym.Env):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Clear the engine, pick the episode's trace window and admit its first arrivals.
 
-        `options` may set "window_start_s" for this episode.
+        `options` may set "window_start_s" for this episode. Raises RuntimeError after close().
         """
+        self._check_open("reset")
         super().reset(seed=seed)
         workload = self._pick_window((options or {}).get("window_start_s"))
         self.replayer.start(workload, self.np_random)
@@ -96,6 +98,7 @@ class SpecDecodeEnv(gym.Env):
 
     def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Run one engine step with k = action: (obs, reward, terminated, truncated, info)."""
+        self._check_open("step")
         if self._done:
             raise RuntimeError("step() after the episode ended: call reset() first")
         if not self.action_space.contains(action):
@@ -119,12 +122,23 @@ class SpecDecodeEnv(gym.Env):
         return self.observation.vector, reward, terminated, truncated, info
 
     def close(self) -> None:
-        """Free the engine if this environment built it."""
+        """Free the engine if this environment built it; reset() and step() refuse from now on."""
+        self._closed = True
         if self._owns_engine and getattr(self, "engine", None) is not None:
             self.engine.close()
             self.engine = None
 
     # --- internals -------------------------------------------------------------------------
+
+    def _check_open(self, call: str) -> None:
+        # Without this, a closed environment fails inside the freed engine or vLLM, with an
+        # error that names neither the environment nor the cause.
+        if self._closed:
+            name = self.spec.id if self.spec is not None else type(self).__name__
+            raise RuntimeError(
+                f"{call}() on a closed {name} environment (trace {self.config.trace}): "
+                f"make a new environment"
+            )
 
     def _pick_window(self, start: float | None) -> Trace:
         config = self.config

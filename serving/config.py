@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -146,6 +147,17 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     if not (folder / "tokenizer.json").is_file():
         raise ModelDirError(f"model directory {folder} has no tokenizer.json")
     return config
+
+
+def project_relative(path: str | Path) -> str:
+    """A path as artifacts (policies, profiles) record it: relative to the project's root.
+
+    A machine's absolute path means nothing on another machine or in another clone; a path
+    that is not absolute (e.g. a Hugging Face model id) is kept as given.
+    """
+    if not os.path.isabs(path):
+        return str(path)
+    return Path(os.path.relpath(path, PROJECT_ROOT)).as_posix()
 
 
 def default_profile_path(method: str) -> Path:

@@ -79,8 +79,18 @@ def build_parser():
         "--profile",
         help="the engine's step-time profile JSON; unset: checkpoints/profiles/<method>.json",
     )
-    group.add_argument("--ttft-slo-s", type=float, default=DEFAULT_TTFT_SLO_S, help="TTFT SLO")
-    group.add_argument("--tpot-slo-s", type=float, default=DEFAULT_TPOT_SLO_S, help="TPOT SLO")
+    group.add_argument(
+        "--ttft-slo-s",
+        type=float,
+        default=DEFAULT_TTFT_SLO_S,
+        help="time-to-first-token SLO, seconds",
+    )
+    group.add_argument(
+        "--tpot-slo-s",
+        type=float,
+        default=DEFAULT_TPOT_SLO_S,
+        help="time-per-output-token SLO, seconds",
+    )
 
     engine = EngineConfig()
     parser.set_defaults(

@@ -47,6 +47,7 @@ from vllm.v1.request import Request, RequestStatus
 from agents.controller import Controller, Decision
 from agents.cost import CostModel, StepLoad
 from agents.features import FeatureBuilder
+from agents.oracle import DraftView
 from agents.records import FinishedRequest, RequestStep, StepRecord
 
 StepListener = Callable[[StepRecord], None]
@@ -209,6 +210,9 @@ class SpecControlScheduler(Scheduler):
             decision, self._next = self._next, None
             return decision
         if self.controller is not None:
+            peek = getattr(self.controller, "peek", None)
+            if peek is not None:  # a hindsight reference (agents.oracle) sees the drafts first
+                peek(self._draft_views(), self._prefill_waiting())
             decision = self.controller.decide(self.features.build(now))
             check_k(decision.k, self.k_max, f"k from controller {self.controller.name}")
             return decision
@@ -304,12 +308,6 @@ class SpecControlScheduler(Scheduler):
 
         num_running, num_waiting = self.get_request_counts()
         waiting_arrivals = [r.arrival_time for r in self.waiting]
-        prefill_waiting = sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
-        prefill_waiting += sum(
-            r.num_prompt_tokens - r.num_computed_tokens
-            for r in self.running
-            if r.num_computed_tokens < r.num_prompt_tokens
-        )
         self._num_steps += 1
         record = StepRecord(
             step=self._num_steps - 1,
@@ -324,7 +322,7 @@ class SpecControlScheduler(Scheduler):
             decode_tokens=decode_tokens,
             spec_tokens=spec_tokens,
             prefill_tokens=prefill_tokens,
-            prefill_tokens_waiting=prefill_waiting,
+            prefill_tokens_waiting=self._prefill_waiting(),
             oldest_waiting_arrival=min(waiting_arrivals) if waiting_arrivals else None,
             kv_cache_usage=self.get_kv_cache_usage(),
             requests=tuple(requests),
@@ -333,6 +331,28 @@ class SpecControlScheduler(Scheduler):
         )
         self._num_arrived = 0
         return record
+
+    def _prefill_waiting(self) -> int:
+        """Prompt tokens not yet computed, over waiting and partly prefilled requests."""
+        waiting = sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
+        return waiting + sum(
+            r.num_prompt_tokens - r.num_computed_tokens
+            for r in self.running
+            if r.num_computed_tokens < r.num_prompt_tokens
+        )
+
+    def _draft_views(self) -> list[DraftView]:
+        """Every running request past its prompt, with the drafts it holds."""
+        return [
+            DraftView(
+                self._names.get(r.request_id, r.request_id),
+                r.num_output_tokens,
+                r.num_computed_tokens,
+                tuple(r.spec_token_ids),
+            )
+            for r in self.running
+            if r.num_computed_tokens >= r.num_prompt_tokens
+        ]
 
     def _forget(self, rid: str) -> None:
         self._first_token_at.pop(rid, None)

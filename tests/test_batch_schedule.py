@@ -8,8 +8,8 @@ import pytest
 
 from agents.batch_schedule import BatchScheduleController, default_table, validate_schedule
 from agents.controller import Controller
-from agents.goodput import expected_tokens
 from agents.cost import LinearCost
+from agents.goodput import expected_tokens
 from tests.factories import observation
 
 TABLE = [(1, 4, 3), (5, 16, 2), (32, 64, 1)]

@@ -76,3 +76,50 @@ def test_evaluation_measures_adaptive_controllers_against_every_baseline_that_ra
     line = next(x for x in text.splitlines() if x.startswith("vllm-schedule"))
     best = schedule["best_static"]
     assert f"/ best_static {best['ratio']:.3f} [{best['low']:.3f}, {best['high']:.3f}]" in line
+
+
+def test_a_zero_or_missing_reference_leaves_the_ratio_undefined_with_the_reason():
+    zero = ratio_interval([10, 20, 30], [[0, 0, 0]], name="nospec's goodput under SLO")
+    assert (zero.ratio, zero.low, zero.high) == (None, None, None)
+    assert zero.undefined == "nospec's goodput under SLO is 0"
+    missing = ratio_interval([10, 20, 30], [], name="nospec's goodput under SLO")
+    assert (missing.ratio, missing.low, missing.high) == (None, None, None)
+    assert missing.undefined == "nospec's goodput under SLO is missing"
+    assert ratio_interval([10, 20], [[5, 10]]).undefined is None
+
+
+def test_a_reference_of_zero_in_some_resamples_leaves_only_the_interval_undefined():
+    # The resample of repeat 0 alone divides by 0; the ratio of all repeats is defined.
+    found = ratio_interval([10, 20, 30], [[0, 10, 20]], name="the best static k's goodput")
+    assert found.ratio == pytest.approx(2.0)
+    assert found.low is None and found.high is None
+    assert found.undefined.startswith("the best static k's goodput is 0 in ")
+
+
+def test_intervals_mark_zero_and_missing_references_undefined():
+    runs = [
+        _run("nospec", [0, 0, 0]),  # no request met its SLO
+        _run("goodput", [95, 110, 90]),
+        _run("vllm-schedule", [100, 100, 100]),
+    ]  # and no static k ran
+    found = intervals(runs)
+    schedule = found["vllm-schedule"]
+    assert schedule["goodput"]["ratio"] == pytest.approx(300 / 295)
+    assert schedule["nospec"] == {
+        "ratio": None,
+        "low": None,
+        "high": None,
+        "undefined": "nospec's goodput under SLO is 0",
+    }
+    assert schedule["best_static"]["ratio"] is None
+    assert (
+        schedule["best_static"]["undefined"] == "the best static k's goodput under SLO is missing"
+    )
+    text = format_intervals(found, repeats=3)
+    line = next(x for x in text.splitlines() if x.startswith("vllm-schedule"))
+    assert "/ nospec n/a" in line and "/ best_static n/a" in line
+    # Each reason once, under the lines.
+    assert text.splitlines()[-2:] == [
+        "n/a: the best static k's goodput under SLO is missing",
+        "n/a: nospec's goodput under SLO is 0",
+    ]

@@ -1,6 +1,8 @@
-"""`SpecDecode-v0` on the live engine: checkers, full episodes, bad input."""
+"""`SpecDecode-v0` on the live engine: checkers, full episodes, bad input, closing."""
 
 from __future__ import annotations
+
+import re
 
 import gymnasium
 import numpy as np
@@ -9,14 +11,16 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers SpecDecode-v0)
+from agents.cost import LinearCost
 from agents.features import feature_names
 from agents.goodput import GoodputController
 from agents.policy import residual_k
-from agents.cost import LinearCost
 from envs.config import EnvConfig
 from envs.residual import ResidualActions
 from envs.spec_decode_env import SpecDecodeEnv
 from envs.traces import ReplayOptions, apply_replay, load_trace
+from serving.config import EngineConfig
+from tests.conftest import TEST_ENGINE
 
 SHORT_TRACE = "synthetic:poisson?rate=8&duration=3&input_mean=48&output_mean=24&seed=1"
 
@@ -128,3 +132,22 @@ def test_bad_env_config():
         EnvConfig(max_input_tokens=1024, max_output_tokens=1024)
     with pytest.raises(ValueError, match="window_s=0"):
         EnvConfig(window_s=0)
+
+
+def test_a_closed_environment_says_so():
+    # An environment that built its own engine frees it on close; without the check, reset()
+    # would fail deep inside vLLM.
+    config = EnvConfig(
+        trace=SHORT_TRACE, window_s=3.0, window_start_s=0.0, engine=EngineConfig(**TEST_ENGINE)
+    )
+    env = gymnasium.make("SpecDecode-v0", config=config).unwrapped
+    env.reset(seed=0)
+    env.step(1)
+    env.close()
+    assert env.engine is None
+    closed = f"on a closed SpecDecode-v0 environment (trace {SHORT_TRACE})"
+    with pytest.raises(RuntimeError, match=re.escape(f"reset() {closed}")):
+        env.reset(seed=0)
+    with pytest.raises(RuntimeError, match=re.escape(f"step() {closed}")):
+        env.step(1)
+    env.close()  # closing twice is allowed

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from agents.controller import Controller
+from agents.cost import LinearCost
 from agents.goodput import ALPHA_MAX, GoodputController, best_k, expected_tokens
 from agents.records import FinishedRequest, RequestStep, StepRecord
-from agents.cost import LinearCost
 from tests.factories import decode_step, observation
 
 K_MAX = 4

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from agents.controller import Controller, Decision
+from agents.cost import LinearCost
 from agents.features import SCHEMA_VERSION, FeatureBuilder, FeatureConfig, Observation
 from agents.goodput import GoodputController
 from agents.guarded import (
@@ -24,7 +25,6 @@ from agents.guarded import (
 )
 from agents.policy import WEIGHTS_FILE, load_policy
 from agents.records import FinishedRequest, StepRecord
-from agents.cost import LinearCost
 from benchmarks.decision_time import export_fresh_policy
 
 CONFIG = FeatureConfig(

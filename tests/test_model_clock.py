@@ -4,6 +4,7 @@ what it computed, drafts are prefix-consistent and counterfactual counts hold.""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def test_model_time_replays_repeat_to_the_token(engine):
 
 def test_steps_are_priced_from_what_they_computed(engine):
     records, _ = replay(engine, k=2)
-    for before, record in zip(records, records[1:], strict=False):
+    for before, record in itertools.pairwise(records):
         assert record.step_time == COST.seconds(load_of(record.requests))
         assert record.started_at >= before.finished_at  # idle gaps jump to arrivals
     # The engine drafts k_max every step; the chosen k cuts the drafts at verification.

@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+from agents.cost import LinearCost
 from agents.features import SCHEMA_VERSION, feature_bounds, feature_names
 from agents.goodput import GoodputController
 from agents.policy import (
@@ -34,7 +35,7 @@ from agents.policy import (
 )
 from agents.records import RequestStep
 from agents.static import StaticController
-from agents.cost import LinearCost
+from serving.config import PROJECT_ROOT
 from tests.factories import decode_step, observation
 from training.export import config_hash, export_policy
 
@@ -71,9 +72,8 @@ def export(model: PPO, out_dir: Path, **kwargs) -> Path:
         feature_names=NAMES,
         schema_version=SCHEMA_VERSION,
         k_max=K_MAX,
-        engine=ENGINE,
         train_config=TRAIN_CONFIG,
-        **kwargs,
+        **{"engine": ENGINE} | kwargs,
     )
 
 
@@ -178,6 +178,21 @@ def test_metadata(artifact):
         "action_net.bias": (K_MAX + 1,),
     }
     assert all(v.dtype == np.float32 for v in tensors.values())
+
+
+def test_model_paths_are_recorded_relative_to_the_project(tmp_path):
+    engine = {
+        "model": str(PROJECT_ROOT / "checkpoints" / "lm" / "target"),
+        "draft_model": str(PROJECT_ROOT / "checkpoints" / "lm" / "draft"),
+        "method": "ngram",
+        "k_max": K_MAX,
+    }
+    out = export(make_model(), tmp_path, engine=engine)
+    meta = json.loads((out / METADATA_FILE).read_text())
+    assert meta["engine"] == engine | {
+        "model": "checkpoints/lm/target",
+        "draft_model": "checkpoints/lm/draft",
+    }
 
 
 def test_training_range_is_recorded(tmp_path):

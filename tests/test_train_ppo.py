@@ -1,4 +1,5 @@
-"""`python -m training.train_ppo`: a short real run, and bad input refused before any engine."""
+"""`python -m training.train_ppo`: a short real run, bad input refused before any engine, and
+the evaluation's ratios when the goodput controller scores 0."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agents.cost import LinearCost
 from agents.features import SCHEMA_VERSION, FeatureBuilder, FeatureConfig, feature_names
 from agents.goodput import GoodputController
 from agents.policy import PPOController, residual_k
-from agents.cost import LinearCost
 from training.cli import ConfigError, parse_config
+from training.ppo_callbacks import comparison, is_better
 from training.train_ppo import TrainConfig, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,3 +146,36 @@ def test_a_terminated_run_saves_and_exports_before_exiting(tmp_path):
     assert (run / "policy" / "policy.safetensors").is_file()
     meta = json.loads((run / "policy" / "policy.json").read_text())
     assert meta["action_mode"] == "absolute" and meta["k_max"] == 4
+
+
+def _eval_metrics(goodput: float, under_slo: float) -> dict[str, float]:
+    return {
+        "goodput_tps": goodput,
+        "goodput_under_slo_tps": under_slo,
+        "slo_attainment": 0.0,
+        "mean_k": 2.0,
+    }
+
+
+def test_the_evaluation_ratio_to_a_controller_that_scored_zero_is_undefined():
+    row = comparison(128, _eval_metrics(120, 0), _eval_metrics(100, 0))
+    assert row["goodput_ratio"] == pytest.approx(1.2)
+    assert row["goodput_under_slo_ratio"] is None
+    assert row["undefined"] == {
+        "goodput_under_slo_ratio": "the goodput controller's goodput under SLO is 0"
+    }
+    json.dumps(row, allow_nan=False)  # eval.jsonl holds null, not NaN
+    idle = comparison(128, _eval_metrics(0, 0), _eval_metrics(0, 0))
+    assert idle["goodput_ratio"] is None and set(idle["undefined"]) == {
+        "goodput_ratio",
+        "goodput_under_slo_ratio",
+    }
+
+
+def test_the_best_model_is_picked_among_defined_ratios():
+    undefined = comparison(1, _eval_metrics(120, 0), _eval_metrics(100, 0))
+    low = comparison(2, _eval_metrics(120, 40), _eval_metrics(100, 50))
+    high = comparison(3, _eval_metrics(120, 60), _eval_metrics(100, 50))
+    assert is_better(undefined, None), "the first evaluation is the best so far"
+    assert is_better(low, undefined) and not is_better(undefined, low)
+    assert is_better(high, low) and not is_better(low, high)

@@ -13,23 +13,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.ratio import ratio as safe_ratio
+
 
 @dataclass(frozen=True)
 class RatioInterval:
-    """A ratio of means and its percentile bootstrap interval."""
+    """A ratio of means and its percentile bootstrap interval; None where undefined."""
 
-    ratio: float
+    ratio: float | None
     """The ratio of the means over all repeats."""
-    low: float
+    low: float | None
     """Lower end of the interval."""
-    high: float
+    high: float | None
     """Upper end of the interval."""
+    undefined: str | None = None
+    """Why the ratio or the interval is undefined (a reference missing or 0); else None."""
 
 
 def ratio_interval(
     values: Sequence[float],
     references: Sequence[Sequence[float]],
     *,
+    name: str = "the reference",
     confidence: float = 0.9,
     samples: int = 4000,
     seed: int = 0,
@@ -38,23 +43,32 @@ def ratio_interval(
 
     `values[i]` and `references[j][i]` come from repeat i. With several references (the
     static k's), each resample divides by the best of them in that resample, as a best
-    static k picked after the fact is.
+    static k picked after the fact is. No references, or a best mean of 0, leave the ratio
+    undefined; a best of 0 in some resamples leaves the interval undefined. `name` says what
+    the reference is, for the reason.
     """
     own = np.asarray(values, dtype=np.float64)
+    if own.shape[0] < 2:
+        raise ValueError(f"{own.shape[0]} repeat(s): an interval needs at least 2")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence} must lie in (0, 1)")
+    if not len(references):
+        return RatioInterval(None, None, None, f"{name} is missing")
     refs = np.asarray(references, dtype=np.float64)
     if refs.ndim != 2 or refs.shape[1] != own.shape[0]:
         raise ValueError(
             f"references have shape {refs.shape}; need (n, {own.shape[0]}), one value per repeat"
         )
-    if own.shape[0] < 2:
-        raise ValueError(f"{own.shape[0]} repeat(s): an interval needs at least 2")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence={confidence} must lie in (0, 1)")
+    ratio, undefined = safe_ratio(float(own.mean()), float(refs.mean(axis=1).max()), name)
+    if ratio is None:
+        return RatioInterval(None, None, None, undefined)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, own.shape[0], size=(samples, own.shape[0]))
-    with np.errstate(divide="ignore", invalid="ignore"):  # a reference of 0 gives inf/nan
-        ratios = own[picks].mean(axis=1) / refs[:, picks].mean(axis=2).max(axis=0)
-        ratio = own.mean() / refs.mean(axis=1).max()
+    best = refs[:, picks].mean(axis=2).max(axis=0)
+    zero = int(np.count_nonzero((best == 0) | ~np.isfinite(best)))
+    if zero:
+        reason = f"{name} is 0 in {zero} of {samples} resamples of the repeats"
+        return RatioInterval(ratio, None, None, reason)
     tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(ratios, [tail, 100 - tail])
-    return RatioInterval(float(ratio), float(low), float(high))
+    low, high = np.percentile(own[picks].mean(axis=1) / best, [tail, 100 - tail])
+    return RatioInterval(ratio, float(low), float(high))

@@ -3,7 +3,8 @@
 A config dataclass documents each field with a string literal right below it (an attribute
 docstring). `parse_config` reads an optional YAML file (`--config PATH`) over the dataclass
 defaults, then the command line over both; unknown keys and values of the wrong type are
-errors that name the key, the file and the expected type.
+errors that name the key, the file and the expected type. `deprecated_alias` keeps an old
+option spelling working, with a warning, for one release after a rename.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -26,6 +28,40 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or flag that does not fit the config dataclass."""
+
+
+class _DeprecatedAlias(argparse.Action):
+    """Stores into the renamed option's destination, after a warning on stderr."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(
+            f"warning: {option_string} is deprecated and will be removed in the next release; "
+            f"use {self.new}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def deprecated_alias(parser: argparse.ArgumentParser, action: argparse.Action, *old: str) -> None:
+    """Accept the old spellings `old` of the option `action` (what add_argument returned).
+
+    They set the same value, warn on stderr that they are deprecated, and are left out of
+    --help. Kept for one release after a rename.
+    """
+    for name in old:
+        parser.add_argument(
+            name,
+            dest=action.dest,
+            type=action.type,
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+            action=_DeprecatedAlias,
+            new=action.option_strings[0],
+        )
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Replay one trace window through the live engine once per controller, side by side.
 
     python -m training.evaluate --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv \\
-        --window 60 --rate-scale 2 --controllers nospec,static:1,static:2,static:4,goodput
+        --window-s 60 --rate-scale 2 --controllers nospec,static:1,static:2,static:4,goodput
 
 Every controller sees the same requests (same window, prompts and seed). Controllers choose
 k inside the scheduler hook, exactly as in serving; `nospec` runs a second engine with no
@@ -10,8 +10,11 @@ With --repeats, the controllers' order rotates each repeat so the machine's drif
 favour one of them; metrics are averaged over repeats, and each repeat's goodput under SLO is
 printed under the table (how far one replay is from another). From 3 repeats on, each
 adaptive controller's ratios under SLO to the goodput controller, the best static k and
-nospec follow, with 90% paired bootstrap intervals (`training.bootstrap`). Prints one table;
---json (with every repeat's metrics and the intervals), --plot and --track save it.
+nospec follow, with 90% paired bootstrap intervals (`training.bootstrap`). A ratio whose
+reference did not run or scored 0 is undefined: `n/a` in the table, null in the JSON, with the
+reason. Prints one table; --json (with every repeat's metrics and the intervals), --plot and
+--track save it. Each replay's metrics are appended to a JSONL file (beside --json, or under
+runs/eval/) as soon as it finishes, and a failure after some replays still reports them.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from agents.controller import Controller
+from agents.cost import Profile, load_profile
 from agents.features import FeatureBuilder, FeatureConfig
 from agents.registry import (
     NAMES_HELP,
@@ -35,16 +40,16 @@ from agents.registry import (
     build_controller,
     parse_controller,
 )
-from agents.cost import Profile, load_profile
 from envs.config import DEFAULT_TRACE, EnvConfig
 from envs.ledger import SLO
 from envs.replayer import WorkloadReplayer
 from envs.spec_decode_env import feature_config
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
-from serving.config import EngineConfig
+from serving.config import EngineConfig, default_profile_path
 from serving.live_engine import LiveEngine
 from training.bootstrap import ratio_interval
-from serving.config import default_profile_path
+from training.cli import deprecated_alias
+from training.ratio import UNDEFINED, format_ratio, ratio
 
 METRICS = (
     "goodput_tps",
@@ -56,6 +61,10 @@ METRICS = (
     "slo_attainment",
     "mean_k",
 )
+MEASURES = {"goodput_tps": "goodput", "goodput_under_slo_tps": "goodput under SLO"}
+"""The metrics controllers are compared on, as the reasons of undefined ratios name them."""
+EVAL_DIR = Path("runs") / "eval"
+"""Where the replays' JSONL goes when there is no --json to put it beside."""
 
 
 @dataclass
@@ -103,14 +112,20 @@ def replay(
 
 def evaluate(
     env: EnvConfig,
-    specs: list[ControllerSpec],
+    runs: list[Run],
     *,
     workload: Trace,
     repeats: int,
     seed: int,
     profile: Profile | None,
-) -> list[Run]:
-    """Run every controller `repeats` times on the workload; return their runs."""
+    log: Path | None = None,
+) -> None:
+    """Run every controller `repeats` times on the workload, adding the metrics to `runs`.
+
+    Each replay's metrics are also appended to `log` (JSONL) as soon as it finishes, so a
+    failure in a later replay loses none of them; `runs` holds them too.
+    """
+    specs = [run.spec for run in runs]
     engines: dict[bool, LiveEngine] = {}
     if any(s.speculates for s in specs):
         engines[True] = LiveEngine(env.engine)
@@ -125,7 +140,6 @@ def evaluate(
     }
     features_config = feature_config(env, env.engine)
     context = ControllerContext.from_features(features_config, profile)
-    runs = [Run(spec) for spec in specs]
     try:
         for repeat in range(repeats):
             shift = repeat % len(runs)
@@ -137,6 +151,10 @@ def evaluate(
                 )
                 metrics["wall_s"] = time.perf_counter() - started
                 run.metrics.append(metrics)
+                if log is not None:
+                    line = {"controller": run.spec.name, "repeat": repeat + 1, "metrics": metrics}
+                    with log.open("a") as out:
+                        out.write(json.dumps(line, default=str) + "\n")
                 print(
                     f"  repeat {repeat + 1}/{repeats} {run.spec.name} "
                     f"goodput {metrics['goodput_tps']:7.0f} tok/s  "
@@ -147,19 +165,30 @@ def evaluate(
     finally:
         for engine in engines.values():
             engine.close()
-    return runs
 
 
 def table(runs: list[Run]) -> list[dict]:
-    """One row per controller: mean metrics and ratios to the best static k and nospec."""
+    """One row per controller: mean metrics and ratios to the best static k and nospec.
+
+    A ratio whose reference did not run or scored 0 is None, and the row's "undefined" maps
+    its column to the reason.
+    """
     rows = [{"controller": r.spec.name} | {m: r.mean(m) for m in METRICS} for r in runs]
     statics = [row for row, r in zip(rows, runs, strict=True) if r.spec.kind == "static"]
     plain = next((row for row, r in zip(rows, runs, strict=True) if r.spec.kind == "nospec"), None)
+    references = {}  # column: (metric, the reference's value or None, what the reference is)
     for key, label in (("goodput_tps", "goodput"), ("goodput_under_slo_tps", "under_slo")):
         best = max((row[key] for row in statics), default=None)
-        for row in rows:
-            row[f"{label}_vs_best_static"] = row[key] / best if best else float("nan")
-            row[f"{label}_vs_nospec"] = row[key] / plain[key] if plain else float("nan")
+        references[f"{label}_vs_best_static"] = (key, best, f"the best static k's {MEASURES[key]}")
+        nospec = plain[key] if plain else None
+        references[f"{label}_vs_nospec"] = (key, nospec, f"nospec's {MEASURES[key]}")
+    for row in rows:
+        undefined = {}
+        for column, (key, reference, name) in references.items():
+            row[column], why = ratio(row[key], reference, name)
+            if why is not None:
+                undefined[column] = why
+        row["undefined"] = undefined
     return rows
 
 
@@ -177,16 +206,26 @@ def format_table(rows: list[dict]) -> str:
         f"{'slo/best':>8} {'slo/nospec':>10}"
     )
     lines = [head, "-" * len(head)]
+    shown = ("goodput_vs_best_static", "under_slo_vs_best_static", "under_slo_vs_nospec")
     for r in rows:
         lines.append(
             f"{r['controller']:<{width}} {r['goodput_tps']:8.0f} {r['goodput_under_slo_tps']:8.0f} "
             f"{r['ttft_p50_s'] * 1e3:7.1f} {r['ttft_p99_s'] * 1e3:7.1f} "
             f"{r['tpot_p50_s'] * 1e3:7.2f} {r['tpot_p99_s'] * 1e3:7.2f} "
-            f"{r['slo_attainment']:6.3f} {r['mean_k']:6.2f} {r['goodput_vs_best_static']:7.3f} "
-            f"{r['under_slo_vs_best_static']:8.3f} {r['under_slo_vs_nospec']:10.3f}"
+            f"{r['slo_attainment']:6.3f} {r['mean_k']:6.2f} "
+            f"{format_ratio(r['goodput_vs_best_static'], 7)} "
+            f"{format_ratio(r['under_slo_vs_best_static'], 8)} "
+            f"{format_ratio(r['under_slo_vs_nospec'], 10)}"
         )
     lines.append("goodput, underSLO: tokens/s of engine time; TTFT ms; TPOT ms per token")
+    reasons = (r["undefined"].get(column) for r in rows for column in shown)
+    lines += _footnotes(reasons)
     return "\n".join(lines)
+
+
+def _footnotes(reasons) -> list[str]:
+    """One line per distinct reason (None skipped), saying why some ratios are n/a."""
+    return [f"{UNDEFINED}: {why}" for why in dict.fromkeys(reasons) if why is not None]
 
 
 def format_repeats(runs: list[Run]) -> str:
@@ -211,7 +250,8 @@ def intervals(runs: list[Run], key: str = "goodput_under_slo_tps") -> dict[str, 
     """Per adaptive controller: its ratio of means to each reference, with an interval.
 
     References: the goodput controller ("goodput"), the best static k ("best_static") and
-    the plain engine ("nospec"), those that ran.
+    the plain engine ("nospec"). One that did not run or scored 0 gives an undefined
+    (None) ratio and interval, with the reason under "undefined".
     """
     per_repeat = {r.spec.name: [m[key] for m in r.metrics] for r in runs}
     references = {
@@ -219,11 +259,23 @@ def intervals(runs: list[Run], key: str = "goodput_under_slo_tps") -> dict[str, 
         "best_static": [per_repeat[r.spec.name] for r in runs if r.spec.kind == "static"],
         "nospec": [per_repeat[r.spec.name] for r in runs if r.spec.kind == "nospec"][:1],
     }
+    names = {
+        "goodput": "the goodput controller's",
+        "best_static": "the best static k's",
+        "nospec": "nospec's",
+    }
     return {
         r.spec.name: {
-            ref: vars(ratio_interval(per_repeat[r.spec.name], values, confidence=CONFIDENCE))
+            ref: vars(
+                ratio_interval(
+                    per_repeat[r.spec.name],
+                    values,
+                    name=f"{names[ref]} {MEASURES[key]}",
+                    confidence=CONFIDENCE,
+                )
+            )
             for ref, values in references.items()
-            if values and ref != r.spec.kind
+            if ref != r.spec.kind
         }
         for r in runs
         if r.spec.kind not in BASELINES
@@ -236,11 +288,14 @@ def format_intervals(found: dict[str, dict], repeats: int) -> str:
     head = f"{CONFIDENCE:.0%} paired bootstrap interval over {repeats} repeats"
     lines = [f"under SLO, ratio of means [{head}]"]
     for name, refs in found.items():
-        cells = (
-            f"/ {ref} {iv['ratio']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
-            for ref, iv in refs.items()
-        )
+        cells = []
+        for ref, iv in refs.items():
+            cell = f"/ {ref} {format_ratio(iv['ratio'], 0)}"
+            if iv["ratio"] is not None:
+                cell += f" [{format_ratio(iv['low'], 0)}, {format_ratio(iv['high'], 0)}]"
+            cells.append(cell)
         lines.append(f"{name:<{width}} " + "  ".join(cells))
+    lines += _footnotes(iv["undefined"] for refs in found.values() for iv in refs.values())
     return "\n".join(lines)
 
 
@@ -284,7 +339,7 @@ def track(args: argparse.Namespace, rows: list[dict], plot_path: Path | None) ->
         job_type="evaluate",
         config=vars(args) | {"controllers": args.controllers},
     )
-    columns = list(rows[0])
+    columns = [c for c in rows[0] if c != "undefined"]  # the reasons stay in the JSON
     run.log(
         {"evaluation": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])}
     )
@@ -303,21 +358,21 @@ def check_inputs(args: argparse.Namespace) -> tuple[EnvConfig, list, Trace, Prof
     env = EnvConfig(
         trace=args.trace,
         trace_format=args.trace_format,
-        window_s=args.window,
-        window_start_s=args.window_start,
+        window_s=args.window_s,
+        window_start_s=args.window_start_s,
         rate_scale=args.rate_scale,
         length_scale=args.length_scale,
         max_input_tokens=args.max_input_tokens,
         max_output_tokens=args.max_output_tokens,
         engine=engine_config,
-        slo=SLO(ttft_s=args.ttft_slo, tpot_s=args.tpot_slo),
+        slo=SLO(ttft_s=args.ttft_slo_s, tpot_s=args.tpot_slo_s),
     )
     specs = [parse_controller(name, args.k_max) for name in args.controllers.split(",")]
     workload = apply_replay(
-        load_trace(args.trace, args.trace_format), env.replay_options(args.window_start)
+        load_trace(args.trace, args.trace_format), env.replay_options(args.window_start_s)
     )
     if not len(workload):
-        raise ValueError(f"no requests in the {args.window} s window at {args.window_start} s")
+        raise ValueError(f"no requests in the {args.window_s} s window at {args.window_start_s} s")
     profile = None
     if any(s.needs_profile for s in specs):
         engine_config.check_models()
@@ -334,8 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", default=DEFAULT_TRACE, help="trace file or synthetic: spec")
     parser.add_argument("--trace-format", default=None, choices=("azure", "burstgpt", "mooncake"))
-    parser.add_argument("--window", type=float, default=60.0, help="trace seconds to replay")
-    parser.add_argument("--window-start", type=float, default=0.0)
+    window = parser.add_argument(
+        "--window-s", type=float, default=60.0, help="trace seconds to replay"
+    )
+    deprecated_alias(parser, window, "--window")
+    start = parser.add_argument(
+        "--window-start-s", type=float, default=0.0, help="trace second the window starts at"
+    )
+    deprecated_alias(parser, start, "--window-start")
     parser.add_argument("--rate-scale", type=float, default=1.0)
     parser.add_argument("--length-scale", type=float, default=1.0)
     parser.add_argument("--max-input-tokens", type=int, default=EnvConfig.max_input_tokens)
@@ -343,8 +404,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="ngram", choices=("ngram", "draft_model"))
     parser.add_argument("--k-max", type=int, default=EngineConfig.k_max)
     parser.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
-    parser.add_argument("--ttft-slo", type=float, default=SLO.ttft_s, help="seconds")
-    parser.add_argument("--tpot-slo", type=float, default=SLO.tpot_s, help="seconds per token")
+    ttft = parser.add_argument(
+        "--ttft-slo-s", type=float, default=SLO.ttft_s, help="time-to-first-token SLO, seconds"
+    )
+    deprecated_alias(parser, ttft, "--ttft-slo")
+    tpot = parser.add_argument(
+        "--tpot-slo-s", type=float, default=SLO.tpot_s, help="time-per-output-token SLO, seconds"
+    )
+    deprecated_alias(parser, tpot, "--tpot-slo")
     parser.add_argument(
         "--controllers",
         default="nospec,static:1,static:2,static:3,static:4,vllm-schedule,goodput",
@@ -353,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=None, help="step-time profile JSON")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="write the table here")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write the table here (the replays' JSONL beside)"
+    )
     parser.add_argument("--plot", type=Path, default=None, help="write the plots here (PNG)")
     parser.add_argument("--track", action="store_true", help="log to Weights & Biases")
     parser.add_argument("--wandb-project", default="turbospec-rl")
@@ -368,31 +437,76 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"{args.method}: {len(workload)} requests over {workload.duration_s:.1f} s "
-        f"(window {args.window} s at {args.window_start} s, rate x{args.rate_scale}) "
+        f"(window {args.window_s} s at {args.window_start_s} s, rate x{args.rate_scale}) "
         f"from {args.trace}"
     )
-    runs = evaluate(
-        env, specs, workload=workload, repeats=args.repeats, seed=args.seed, profile=profile
-    )
+    log = replays_path(args.json)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    print(f"each replay's metrics are appended to {log}")
+    runs = [Run(spec) for spec in specs]
+    status, error = 0, None
+    try:
+        evaluate(
+            env,
+            runs,
+            workload=workload,
+            repeats=args.repeats,
+            seed=args.seed,
+            profile=profile,
+            log=log,
+        )
+    except KeyboardInterrupt:
+        status, error = 130, "interrupted"
+    except Exception as err:
+        traceback.print_exc()
+        status, error = 1, f"{type(err).__name__}: {err}"
+    if error is not None:
+        print(f"error: {error}; reporting the replays that finished", file=sys.stderr)
+    report(args, [r for r in runs if r.metrics], error)
+    return status
+
+
+def replays_path(json_path: Path | None) -> Path:
+    """The JSONL of every replay's metrics: beside the --json file, or a new one in runs/eval/."""
+    if json_path is not None:
+        return json_path.with_suffix(".replays.jsonl")
+    return EVAL_DIR / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}.replays.jsonl"
+
+
+def report(args: argparse.Namespace, runs: list[Run], error: str | None) -> None:
+    """Print the table of the runs that have replays and save it as the options ask.
+
+    After a failure (`error`) the runs may hold different numbers of repeats; the intervals,
+    which pair repeats, are then left out.
+    """
+    if not runs:
+        return
     rows = table(runs)
     print()
     print(format_table(rows))
-    if args.repeats > 1:
+    counts = {len(r.metrics) for r in runs}
+    if max(counts) > 1:
         print(format_repeats(runs))
-    found = intervals(runs) if args.repeats >= INTERVAL_MIN_REPEATS else {}
+    repeats = counts.pop() if len(counts) == 1 else 0
+    found = intervals(runs) if repeats >= INTERVAL_MIN_REPEATS else {}
     if found:
-        print(format_intervals(found, args.repeats))
+        print(format_intervals(found, repeats))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        repeats = {r.spec.name: r.metrics for r in runs}
-        record = {"args": vars(args), "rows": rows, "repeats": repeats, "intervals": found}
+        record = {
+            "args": vars(args),
+            "rows": rows,
+            "repeats": {r.spec.name: r.metrics for r in runs},
+            "intervals": found,
+            "error": error,
+        }
         args.json.write_text(json.dumps(record, indent=2, default=str))
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot(runs, rows, args.plot)
     if args.track:
         track(args, rows, args.plot)
-    return 0
 
 
 if __name__ == "__main__":

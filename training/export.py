@@ -35,6 +35,7 @@ from agents.policy import (
     action_count,
     load_policy,
 )
+from serving.config import project_relative
 
 _ACTIVATION_NAMES = {torch.nn.Tanh: "tanh", torch.nn.ReLU: "relu"}
 _VERIFY_SAMPLES = 256
@@ -77,9 +78,11 @@ def export_policy(
     `obs_rms.var`, `clip_obs` and `epsilon` when training normalised observations; give all
     of mean, var and clip or none. `action_mode` is absolute (actions are k = 0..k_max) or
     residual (actions are offsets -offset_max..+offset_max to a base controller's k; see
-    `agents.policy`). Raises ValueError when the policy is not an MlpPolicy over
-    a flat Box with a Discrete action of the mode's size, or the arguments do not fit it, and
-    RuntimeError if the written artifact does not reproduce the policy's logits.
+    `agents.policy`). Paths in `engine` (the models) are recorded relative to the project, so
+    the artifact holds no machine's paths. Raises ValueError when the policy is not an
+    MlpPolicy over a flat Box with a Discrete action of the mode's size, or the arguments do
+    not fit it, and RuntimeError if the written artifact does not reproduce the policy's
+    logits.
     """
     if action_mode not in ACTION_MODES:
         raise ValueError(f"action_mode={action_mode!r} must be one of {ACTION_MODES}")
@@ -124,7 +127,10 @@ def export_policy(
         "layers": [name for name, _ in layers],
         "obs_normalization": normalization,
         "obs_range": {"low": low.tolist(), "high": high.tolist()},
-        "engine": dict(engine),
+        "engine": {
+            key: project_relative(value) if isinstance(value, str) else value
+            for key, value in engine.items()
+        },
         **mode,
         "train_config_hash": config_hash(train_config),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

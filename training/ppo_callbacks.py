@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents.cost import Profile
 from agents.features import SCHEMA_VERSION, feature_names
 from agents.goodput import GoodputController
 from agents.policy import PPOController
-from agents.cost import Profile
 from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
 from envs.spec_decode_env import feature_config
@@ -23,6 +23,7 @@ from envs.traces import PromptFactory, Trace
 from serving.live_engine import LiveEngine
 from training.evaluate import replay
 from training.export import export_policy
+from training.ratio import format_ratio, ratio
 from training.wandb_run import WandbRun
 
 EPISODE_KEYS = (
@@ -154,29 +155,15 @@ class CompareCallback(BaseCallback):
             {key: float(np.mean([m[key] for m in runs[name]])) for key in runs[name][0]}
             for name in ("policy", "goodput")
         )
-        row = {
-            "timesteps": self.num_timesteps,
-            "policy_goodput_tps": policy["goodput_tps"],
-            "policy_goodput_under_slo_tps": policy["goodput_under_slo_tps"],
-            "policy_slo_attainment": policy["slo_attainment"],
-            "policy_mean_k": policy["mean_k"],
-            "goodput_ctrl_goodput_tps": goodput["goodput_tps"],
-            "goodput_ctrl_goodput_under_slo_tps": goodput["goodput_under_slo_tps"],
-            "goodput_ratio": policy["goodput_tps"] / goodput["goodput_tps"],
-            "goodput_under_slo_ratio": _ratio(
-                policy["goodput_under_slo_tps"], goodput["goodput_under_slo_tps"]
-            ),
-        }
+        row = comparison(self.num_timesteps, policy, goodput)
         for key, value in row.items():
-            if key != "timesteps":
+            # An undefined ratio is not logged as a number; eval.jsonl says why.
+            if key not in ("timesteps", "undefined") and value is not None:
                 self.logger.record(f"eval/{key}", value)
         self.logger.dump(self.num_timesteps)
         with (self.run_dir / "eval.jsonl").open("a") as log:
             log.write(json.dumps(row) + "\n")
-        if (
-            self.best is None
-            or row["goodput_under_slo_ratio"] > self.best["goodput_under_slo_ratio"]
-        ):
+        if is_better(row, self.best):
             self.best = row
             best_dir = self.run_dir / "best"
             best_dir.mkdir(exist_ok=True)
@@ -186,7 +173,8 @@ class CompareCallback(BaseCallback):
             f"eval @ {self.num_timesteps}: policy {row['policy_goodput_under_slo_tps']:.0f} "
             f"tok/s under SLO vs goodput controller "
             f"{row['goodput_ctrl_goodput_under_slo_tps']:.0f} "
-            f"(x{row['goodput_under_slo_ratio']:.3f}), mean k {row['policy_mean_k']:.2f}",
+            f"(x{format_ratio(row['goodput_under_slo_ratio'], 0)}), "
+            f"mean k {row['policy_mean_k']:.2f}",
             flush=True,
         )
         return row
@@ -210,5 +198,40 @@ class CompareCallback(BaseCallback):
         return metrics
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
+def comparison(timesteps: int, policy: dict[str, float], goodput: dict[str, float]) -> dict:
+    """One evaluation's row: the policy's and the goodput controller's mean metrics and ratios.
+
+    A ratio whose reference, the goodput controller's, is 0 is None, and "undefined" maps
+    it to the reason.
+    """
+    row = {
+        "timesteps": timesteps,
+        "policy_goodput_tps": policy["goodput_tps"],
+        "policy_goodput_under_slo_tps": policy["goodput_under_slo_tps"],
+        "policy_slo_attainment": policy["slo_attainment"],
+        "policy_mean_k": policy["mean_k"],
+        "goodput_ctrl_goodput_tps": goodput["goodput_tps"],
+        "goodput_ctrl_goodput_under_slo_tps": goodput["goodput_under_slo_tps"],
+    }
+    undefined = {}
+    for column, key, what in (
+        ("goodput_ratio", "goodput_tps", "goodput"),
+        ("goodput_under_slo_ratio", "goodput_under_slo_tps", "goodput under SLO"),
+    ):
+        name = f"the goodput controller's {what}"
+        row[column], why = ratio(policy[key], goodput[key], name)
+        if why is not None:
+            undefined[column] = why
+    return row | {"undefined": undefined}
+
+
+def is_better(row: dict, best: dict | None) -> bool:
+    """Whether `row` makes a better model than `best` by goodput under SLO to the controller.
+
+    The first evaluation always does; an undefined ratio never beats a defined one, and a
+    defined one beats an undefined one.
+    """
+    if best is None:
+        return True
+    new, old = row["goodput_under_slo_ratio"], best["goodput_under_slo_ratio"]
+    return new is not None and (old is None or new > old)

@@ -34,7 +34,7 @@ from agents.cost import LinearCost, StepLoad, TableCost
 from agents.cost.load import load_of
 from agents.cost.profile import PROFILE_DIR, save_profile
 from envs.traces import PromptFactory
-from serving.config import PROJECT_ROOT, EngineConfig
+from serving.config import EngineConfig, project_relative
 from serving.live_engine import LiveEngine
 
 SETTLE_STEPS = 2
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = {"table": held_out_error(table, held), "fitted": held_out_error(fitted, held)}
     cells = len(held["decode"]) + len(held["prefill"])
     common = {
-        "model": os.path.relpath(config.model, PROJECT_ROOT),
+        "model": project_relative(config.model),
         "model_id": config.model_id(),
         "method": config.method,
         "k_max": config.k_max,

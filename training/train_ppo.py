@@ -311,8 +311,7 @@ def train(cfg: TrainConfig, run_dir: Path, train_env, eval_env, checks: dict) ->
     torch.set_num_threads(1)
     cost = checks["profile"].cost
     factories = [
-        make_env(train_env, cfg.seed + i, cfg.residual_offsets, cost)
-        for i in range(cfg.n_envs)
+        make_env(train_env, cfg.seed + i, cfg.residual_offsets, cost) for i in range(cfg.n_envs)
     ]
     vec_env = (
         SubprocVecEnv(factories, start_method="spawn") if cfg.n_envs > 1 else DummyVecEnv(factories)
