@@ -122,6 +122,9 @@ class StepRecord:
     wall_time: float = 0.0
     """Wall seconds from the start of scheduling to the end of the output update, whatever
     the clock (equal to `step_time` on the wall clock)."""
+    cpu_time: float = 0.0
+    """CPU seconds the engine's thread spent in that interval: the wall time less any time
+    the thread was descheduled (the engine runs on one thread)."""
 
     @property
     def finished_at(self) -> float:

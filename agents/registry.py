@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,16 +12,27 @@ from agents.cost import Profile
 from agents.features import SCHEMA_VERSION, FeatureConfig, feature_names
 from agents.goodput import GoodputController
 from agents.guarded import GuardedController
+from agents.oracle import StepOracle
 from agents.policy import PPOController
 from agents.static import StaticController
 
 NAMES_HELP = (
     "nospec, static:K (K = 0..k_max), vllm-schedule, goodput, goodput-per-request, "
-    "ppo:PATH (an exported policy), guarded:PATH (the policy with the goodput fallback)"
+    "ppo:PATH (an exported policy), guarded:PATH (the policy with the goodput fallback), "
+    "oracle, oracle-per-request (hindsight references, model time only)"
 )
 DEFAULT_ACCEPTANCE = 0.6
 """Acceptance assumed where none was measured (the goodput controller's prior too)."""
-_PLAIN_NAMES = ("nospec", "vllm-schedule", "goodput", "goodput-per-request")
+_PLAIN_NAMES = (
+    "nospec",
+    "vllm-schedule",
+    "goodput",
+    "goodput-per-request",
+    "oracle",
+    "oracle-per-request",
+)
+ORACLES = ("oracle", "oracle-per-request")
+"""Hindsight references: they know each step's acceptance in advance (`agents.oracle`)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,7 @@ class ControllerSpec:
     def needs_profile(self) -> bool:
         """Whether building it needs the engine's step-time profile."""
         # ppo: a residual policy offsets the goodput controller's k.
-        return self.kind in ("vllm-schedule", "goodput", "goodput-per-request", "ppo", "guarded")
+        return self.kind not in ("nospec", "static")
 
     @property
     def speculates(self) -> bool:
@@ -55,6 +66,7 @@ class ControllerContext:
 
     k_max: int
     max_num_seqs: int
+    max_num_batched_tokens: int
     feature_names: Sequence[str]
     ttft_slo_s: float
     tpot_slo_s: float
@@ -62,6 +74,8 @@ class ControllerContext:
     """The cost profile analytic controllers predict with (the model clock's, in model time)."""
     acceptance: float = DEFAULT_ACCEPTANCE
     """The acceptance rate vllm-schedule's fixed table is derived at."""
+    outputs: Mapping[str, Sequence[int]] | None = None
+    """The oracles' hindsight: every request's greedy output in the window being replayed."""
 
     @classmethod
     def from_features(
@@ -80,6 +94,7 @@ class ControllerContext:
         return cls(
             k_max=features.k_max,
             max_num_seqs=features.max_num_seqs,
+            max_num_batched_tokens=features.max_num_batched_tokens,
             feature_names=feature_names(features.window),
             ttft_slo_s=features.ttft_slo_s,
             tpot_slo_s=features.tpot_slo_s,
@@ -127,6 +142,16 @@ def build_controller(spec: ControllerSpec, context: ControllerContext) -> Contro
         )
     if profile is None:
         raise ValueError(f"controller {spec.name!r} needs a step-time profile")
+    if spec.kind in ORACLES:
+        if context.outputs is None:
+            raise ValueError(f"controller {spec.name!r} needs the window's outputs (hindsight)")
+        return StepOracle(
+            profile.cost,
+            context.k_max,
+            context.outputs,
+            per_request=spec.kind == "oracle-per-request",
+            max_num_batched_tokens=context.max_num_batched_tokens,
+        )
     if spec.kind == "vllm-schedule":
         table = default_table(profile.cost, context.k_max, context.max_num_seqs, context.acceptance)
         return BatchScheduleController(table, context.k_max, context.max_num_seqs)

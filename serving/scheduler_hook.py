@@ -102,7 +102,7 @@ class SpecControlScheduler(Scheduler):
         self._num_steps = 0
         self._num_arrived = 0
         # Set by schedule(), read by update_from_output() of the same step.
-        self._step_start: tuple[float, float] = (0.0, 0.0)
+        self._step_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self._step_k: dict[str, int] = {}
         self._step_proposed: dict[str, int] = {}
         self._step_before: dict[str, tuple[Request, bool, int, int]] = {}
@@ -156,13 +156,13 @@ class SpecControlScheduler(Scheduler):
 
     def schedule(self, *args, **kwargs) -> SchedulerOutput:
         """Apply this step's k, let vLLM schedule, then set the drafting budget."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         started_at = self.clock()
         self._apply(self._decide(started_at))
 
         output = super().schedule(*args, **kwargs)
 
-        self._step_start = (t0, started_at)
+        self._step_start = (t0, c0, started_at)
         self._step_before = {}
         for rid, num_tokens in output.num_scheduled_tokens.items():
             request = self.requests[rid]
@@ -242,8 +242,9 @@ class SpecControlScheduler(Scheduler):
         return max([self._k, *(k for rid, k in self._overrides.items() if rid in running)])
 
     def _record(self, out: SchedulerOutput, num_sampled: Mapping[str, int]) -> StepRecord:
-        t0, started_at = self._step_start
+        t0, c0, started_at = self._step_start
         wall_time = time.perf_counter() - t0
+        cpu_time = time.thread_time() - c0
         finished: list[FinishedRequest] = []
         decode_tokens = spec_tokens = prefill_tokens = 0
 
@@ -328,6 +329,7 @@ class SpecControlScheduler(Scheduler):
             requests=tuple(requests),
             finished=tuple(finished),
             wall_time=wall_time,
+            cpu_time=cpu_time,
         )
         self._num_arrived = 0
         return record

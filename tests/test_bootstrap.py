@@ -42,7 +42,7 @@ def test_the_best_of_several_references_is_picked_per_resample():
 @pytest.mark.parametrize(
     ("values", "references", "message"),
     [
-        ([1.0, 2.0], [[1.0, 2.0, 3.0]], "one value per repeat"),
+        ([1.0, 2.0], [[1.0, 2.0, 3.0]], "one value per sample"),
         ([1.0], [[1.0]], "at least 2"),
     ],
 )

@@ -1,5 +1,6 @@
-"""`python -m training.evaluate`: real side-by-side runs, bad input refused up front, and
-undefined ratios and late failures reported, never lost."""
+"""`python -m training.evaluate`: real side-by-side runs on both clocks, tables that repeat in
+model time, bad input refused up front, and undefined ratios and late failures reported,
+never lost."""
 
 from __future__ import annotations
 
@@ -14,55 +15,82 @@ import pytest
 import training.evaluate as evaluate_module
 from agents.registry import parse_controller
 from training.bootstrap import ratio_interval
-from training.evaluate import METRICS, Run, format_table, main, table
+from training.evaluate import METRICS, Run, comparisons, format_table, main, table
+from training.replays import Replay
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TRACE = "synthetic:poisson?rate=6&duration=5&input_mean=48&output_mean=24&seed=4"
+TINY_TRACE = "synthetic:poisson?rate=6&duration=12&input_mean=48&output_mean=24&seed=4"
 
 
-def test_controllers_replay_the_same_window_side_by_side(tmp_path):
+def evaluate(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
+    return subprocess.run(
+        [sys.executable, "-m", "training.evaluate", "--trace", TINY_TRACE, *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def tables(stdout: str) -> str:
+    """What a run printed but its progress lines and timings."""
+    return "\n".join(
+        line for line in stdout.splitlines() if not line.startswith("  ") and "min of" not in line
+    )
+
+
+def test_windows_side_by_side_in_model_time_and_the_tables_repeat(tmp_path):
     out = tmp_path / "table.json"
     args = [
-        "--trace", TINY_TRACE, "--window-s", "5", "--max-num-seqs", "8",
-        "--controllers", "nospec,static:0,static:3,vllm-schedule,goodput",
-        "--repeats", "3", "--json", str(out), "--plot", str(tmp_path / "plot.png"),
+        "--windows", "0,4,8", "--window-s", "3", "--max-num-seqs", "8",
+        "--controllers", "nospec,static:0,static:3,goodput,oracle",
+        "--json", str(out), "--plot", str(tmp_path / "plot.png"),
     ]  # fmt: skip
-    env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
-    done = subprocess.run(
-        [sys.executable, "-m", "training.evaluate", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    done = evaluate(*args)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "gp/best" in done.stdout and "goodput" in done.stdout
-    table = json.loads(out.read_text())
-    rows = {row["controller"]: row for row in table["rows"]}
-    assert list(rows) == ["nospec", "static:0", "static:3", "vllm-schedule", "goodput"]
+    assert "model clock" in done.stdout and "gap closed" in done.stdout
+    record = json.loads(out.read_text())
+    (label,) = record["traces"]
+    result = record["traces"][label]
+    rows = {row["controller"]: row for row in result["rows"]}
+    assert list(rows) == ["nospec", "static:0", "static:3", "goodput", "oracle"]
     assert rows["static:0"]["mean_k"] == 0 and rows["static:3"]["mean_k"] == 3
-    assert rows["nospec"]["mean_k"] == 0
-    best_static = max(rows["static:0"]["goodput_tps"], rows["static:3"]["goodput_tps"])
-    for row in rows.values():
-        # Same requests for everyone: every controller finishes the whole window.
-        assert row["goodput_tps"] > 0
-        assert row["goodput_vs_best_static"] == pytest.approx(row["goodput_tps"] / best_static)
-        assert 0 <= row["slo_attainment"] <= 1
-        # The row is the mean of the repeats, which are all kept and printed.
-        repeats = [m["goodput_under_slo_tps"] for m in table["repeats"][row["controller"]]]
-        assert len(repeats) == 3
-        assert row["goodput_under_slo_tps"] == pytest.approx(sum(repeats) / 3)
-        printed = " / ".join(f"{value:.0f}" for value in repeats)
-        assert f"{row['controller']} " in done.stdout and f"per repeat: {printed}" in done.stdout
-    # From 3 repeats on, the adaptive controllers get paired intervals against the baselines.
-    under_slo = {
-        name: [m["goodput_under_slo_tps"] for m in ms] for name, ms in table["repeats"].items()
+    assert [s["window_start_s"] for s in result["samples"]] == [0.0, 4.0, 8.0]
+    per_sample = {
+        n: [m["goodput_under_slo_tps"] for m in ms] for n, ms in result["metrics"].items()
     }
-    assert set(table["intervals"]) == {"vllm-schedule", "goodput"}
-    found = table["intervals"]["vllm-schedule"]
+    assert all(len(v) == 3 and min(v) > 0 for v in per_sample.values())
+    # Comparisons: geometric means of per-window ratios with paired intervals over windows.
+    found = result["comparisons"]["goodput"]["best_static"]
     expected = ratio_interval(
-        under_slo["vllm-schedule"], [under_slo["static:0"], under_slo["static:3"]]
+        per_sample["goodput"], [per_sample["static:0"], per_sample["static:3"]], geometric=True
     )
-    assert found["best_static"] == pytest.approx(vars(expected))
-    assert f"/ best_static {expected.ratio:.3f} [{expected.low:.3f}" in done.stdout
+    assert found == pytest.approx(vars(expected))
+    assert result["comparisons"]["oracle"]["gap_closed"]["share"] in (1.0, None)
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+    # Model time: the same command prints the same tables.
+    again = evaluate(*args[:-4])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert tables(again.stdout).split("== ", 1)[1] == tables(done.stdout).split("== ", 1)[1]
+
+
+def test_draft_model_tables_repeat_in_model_time():
+    args = ["--method", "draft_model", "--window-s", "3", "--max-num-seqs", "8",
+            "--controllers", "static:1,goodput"]  # fmt: skip
+    first, second = evaluate(*args), evaluate(*args)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:]
+    assert tables(first.stdout).split("== ", 1)[1] == tables(second.stdout).split("== ", 1)[1]
+
+
+def test_wall_clock_repeats_with_paired_intervals(tmp_path):
+    out = tmp_path / "table.json"
+    args = ["--clock", "wall", "--window-s", "3", "--max-num-seqs", "8", "--repeats", "3",
+            "--controllers", "nospec,static:2,goodput", "--json", str(out)]  # fmt: skip
+    done = evaluate(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = next(iter(json.loads(out.read_text())["traces"].values()))
+    assert [s["repeat"] for s in result["samples"]] == [1, 2, 3]
+    assert "paired bootstrap interval over 3 samples" in done.stdout
+    assert result["comparisons"]["goodput"]["nospec"]["low"] is not None
 
 
 @pytest.mark.parametrize(
@@ -70,10 +98,21 @@ def test_controllers_replay_the_same_window_side_by_side(tmp_path):
     [
         (["--controllers", "static:2,turbo"], "unknown controller 'turbo'"),
         (["--controllers", "static:9"], "controller 'static:9': K must be a whole number in 0..4"),
-        (["--controllers", "goodput", "--profile", "/nonexistent/p.json"], "/nonexistent/p.json"),
+        (["--profile", "/nonexistent/p.json"], "/nonexistent/p.json"),
+        (["--profile", "tpu-v9"], "no profile 'tpu-v9'"),
+        (["--profile", "draft_model"], "made for method 'draft_model', not 'ngram'"),
+        (["--clock", "sundial"], "unknown clock 'sundial'; expected one of wall, model"),
+        (["--clock", "wall", "--controllers", "oracle"], "they need --clock model"),
+        (["--repeats", "3"], "model-time replays repeat to the token"),
         (["--max-input-tokens", "1000"], "max_input_tokens + max_output_tokens = 1128 exceeds"),
         (["--trace", "/nonexistent/trace.csv"], "/nonexistent/trace.csv"),
-        (["--window-start-s", "100000"], "no requests in the 60.0 s window at 100000.0 s"),
+        (["--window-start-s", "100000"], "window at 100000.0 s lies outside the trace"),
+        (["--suite", "nope"], "unknown suite 'nope'"),
+        (
+            ["--trace", "../shared/traces/AzureLLMInferenceTrace_conv.csv", "--windows", "9,2800"],
+            "overlaps its training region",
+        ),
+        (["--windows", "two"], "--windows two: give a count >= 1 or a list of starts"),
     ],
 )
 def test_bad_input_is_refused_before_any_replay(argv, message, capsys):
@@ -86,7 +125,7 @@ def test_bad_input_is_refused_before_any_replay(argv, message, capsys):
 def test_old_option_spellings_still_work_with_a_deprecation_warning(capsys):
     assert main(["--window", "5", "--window-start", "100000", "--ttft-slo", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "no requests in the 5.0 s window at 100000.0 s" in err
+    assert "window at 100000.0 s lies outside the trace" in err
     assert "--window is deprecated and will be removed in the next release; use --window-s" in err
     assert "--window-start is deprecated" in err and "use --window-start-s" in err
     assert "--ttft-slo is deprecated" in err
@@ -95,20 +134,15 @@ def test_old_option_spellings_still_work_with_a_deprecation_warning(capsys):
 def test_an_slo_no_request_meets_still_gives_the_table_and_the_json(tmp_path):
     # Every goodput under SLO is 0: each ratio to a reference under SLO is undefined.
     out = tmp_path / "table.json"
-    args = [
-        "--trace", TINY_TRACE, "--window-s", "3", "--max-num-seqs", "8",
-        "--controllers", "nospec,static:2,goodput", "--repeats", "3",
-        "--ttft-slo-s", "0.001", "--json", str(out),
-    ]  # fmt: skip
-    env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
-    done = subprocess.run(
-        [sys.executable, "-m", "training.evaluate", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    args = ["--windows", "3", "--window-s", "3", "--max-num-seqs", "8",
+            "--controllers", "nospec,static:2,goodput", "--ttft-slo-s", "0.0001",
+            "--json", str(out)]  # fmt: skip
+    done = evaluate(*args)
     assert done.returncode == 0, done.stderr[-3000:]
-    table = json.loads(out.read_text())
-    assert table["error"] is None
-    for row in table["rows"]:
+    record = json.loads(out.read_text())
+    assert record["error"] is None
+    result = next(iter(record["traces"].values()))
+    for row in result["rows"]:
         assert row["goodput_under_slo_tps"] == 0 and row["goodput_tps"] > 0
         assert row["goodput_vs_best_static"] > 0
         assert row["under_slo_vs_best_static"] is None and row["under_slo_vs_nospec"] is None
@@ -116,33 +150,26 @@ def test_an_slo_no_request_meets_still_gives_the_table_and_the_json(tmp_path):
             "under_slo_vs_best_static": "the best static k's goodput under SLO is 0",
             "under_slo_vs_nospec": "nospec's goodput under SLO is 0",
         }
-        assert f"{row['controller']} " in done.stdout
-    assert table["intervals"]["goodput"]["nospec"]["ratio"] is None
+    assert result["comparisons"]["goodput"]["nospec"]["ratio"] is None
     assert "n/a: nospec's goodput under SLO is 0" in done.stdout
     assert "/ nospec n/a" in done.stdout
     # Every replay was logged as it finished, beside the JSON.
-    lines = out.with_suffix(".replays.jsonl").read_text().splitlines()
-    assert len(lines) == 9
-    logged = [json.loads(line) for line in lines]
-    assert {(x["controller"], x["repeat"]) for x in logged} == {
-        (name, repeat) for name in ("nospec", "static:2", "goodput") for repeat in (1, 2, 3)
-    }
-    assert logged[0]["metrics"] == table["repeats"][logged[0]["controller"]][0]
+    logged = [json.loads(x) for x in out.with_suffix(".replays.jsonl").read_text().splitlines()]
+    assert len(logged) == 9
+    assert {x["controller"] for x in logged} == {"nospec", "static:2", "goodput"}
+    assert logged[0]["metrics"] == result["metrics"][logged[0]["controller"]][0]
 
 
 def _metrics(goodput: float, under_slo: float) -> dict[str, float]:
-    return {m: 0.5 for m in METRICS} | {
-        "goodput_tps": goodput,
-        "goodput_under_slo_tps": under_slo,
-    }
+    return {m: 0.5 for m in METRICS} | {"goodput_tps": goodput, "goodput_under_slo_tps": under_slo}
 
 
-def _run(name: str, goodput: float, under_slo: float) -> Run:
-    return Run(parse_controller(name, k_max=4), metrics=[_metrics(goodput, under_slo)])
+def _run(name: str, *pairs: tuple[float, float]) -> Run:
+    return Run(parse_controller(name, k_max=4), metrics=[_metrics(*pair) for pair in pairs])
 
 
 def test_table_marks_ratios_to_a_zero_reference_undefined():
-    rows = table([_run("nospec", 100, 0), _run("static:2", 0, 0), _run("goodput", 150, 30)])
+    rows = table([_run("nospec", (100, 0)), _run("static:2", (0, 0)), _run("goodput", (150, 30))])
     goodput = rows[-1]
     assert goodput["goodput_vs_nospec"] == pytest.approx(1.5)
     for column in ("goodput_vs_best_static", "under_slo_vs_best_static", "under_slo_vs_nospec"):
@@ -160,41 +187,48 @@ def test_table_marks_ratios_to_a_zero_reference_undefined():
 
 
 def test_table_marks_ratios_to_a_missing_reference_undefined():
-    rows = table([_run("static:2", 100, 50), _run("goodput", 120, 60)])
+    rows = table([_run("static:2", (100, 50)), _run("goodput", (120, 60))])
     goodput = rows[-1]
     assert goodput["under_slo_vs_best_static"] == pytest.approx(1.2)
     assert goodput["under_slo_vs_nospec"] is None and goodput["goodput_vs_nospec"] is None
-    assert goodput["undefined"] == {
-        "goodput_vs_nospec": "nospec's goodput is missing",
-        "under_slo_vs_nospec": "nospec's goodput under SLO is missing",
-    }
     text = format_table(rows)
     assert "n/a: nospec's goodput under SLO is missing" in text
     assert "nospec's goodput is missing" not in text  # that column is not printed
 
 
-class _FakeEngine:
-    def __init__(self, config) -> None:
-        self.config = config
+def test_ratios_are_geometric_means_over_windows_and_the_gap_share_is_against_the_oracle():
+    # Two windows: the controller gains 2x on one, loses 2x on the other: no gain overall.
+    runs = [
+        _run("static:2", (100, 100), (100, 100)),
+        _run("goodput", (200, 200), (50, 50)),
+        _run("oracle", (300, 300), (300, 300)),
+    ]
+    rows = {row["controller"]: row for row in table(runs)}
+    assert rows["goodput"]["under_slo_vs_best_static"] == pytest.approx(1.0)
+    found = comparisons(runs)
+    assert found["goodput"]["best_static"]["ratio"] == pytest.approx(1.0)
+    assert found["goodput"]["gap_closed"]["share"] == pytest.approx(0.0)
+    assert found["oracle"]["gap_closed"]["share"] == pytest.approx(1.0)
+    assert found["oracle"]["worst_vs_goodput"] == pytest.approx(1.5)
 
-    def warm_up(self) -> None:
-        pass
+
+class _FakeBench:
+    def __init__(self, env, profile, plain=False) -> None:
+        self.calls = 0
+
+    def run(self, spec, workload, seed):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("engine died")
+        metrics = _metrics(100.0 * self.calls, 10.0)
+        return Replay(metrics, {"t": [], "k": [], "batch": [], "queue": [], "goodput": []}, {}, 1)
 
     def close(self) -> None:
         pass
 
 
 def test_a_failure_after_some_replays_still_reports_them(tmp_path, monkeypatch, capsys):
-    calls = []
-
-    def replay(replayer, workload, seed, controller=None, features=None):
-        calls.append(controller)
-        if len(calls) == 3:
-            raise RuntimeError("engine died")
-        return _metrics(100.0 * len(calls), 10.0), {"t": [], "k": [], "batch": [], "queue": []}
-
-    monkeypatch.setattr(evaluate_module, "LiveEngine", _FakeEngine)
-    monkeypatch.setattr(evaluate_module, "replay", replay)
+    monkeypatch.setattr(evaluate_module, "Bench", _FakeBench)
     out = tmp_path / "table.json"
     argv = ["--trace", TINY_TRACE, "--window-s", "5", "--controllers", "nospec,static:2,static:3"]
     assert main([*argv, "--json", str(out)]) == 1
@@ -202,9 +236,9 @@ def test_a_failure_after_some_replays_still_reports_them(tmp_path, monkeypatch, 
     assert "RuntimeError: engine died" in captured.err
     assert "reporting the replays that finished" in captured.err
     # The two replays that finished are in the table, the JSON and the replays' JSONL.
-    table = json.loads(out.read_text())
-    assert [row["controller"] for row in table["rows"]] == ["nospec", "static:2"]
-    assert table["error"] == "RuntimeError: engine died"
-    assert "static:2 " in captured.out and "static:3 " not in captured.out.split("-----")[-1]
+    record = json.loads(out.read_text())
+    rows = next(iter(record["traces"].values()))["rows"]
+    assert [row["controller"] for row in rows] == ["nospec", "static:2"]
+    assert record["error"] == "RuntimeError: engine died"
     logged = out.with_suffix(".replays.jsonl").read_text().splitlines()
     assert [json.loads(line)["controller"] for line in logged] == ["nospec", "static:2"]

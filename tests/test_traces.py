@@ -409,3 +409,21 @@ def test_replay_empty_window() -> None:
 def test_replay_option_validation(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         ReplayOptions(**{field: value})
+
+
+def test_a_periodic_ramp_rises_within_every_period():
+    trace = load_trace(
+        "synthetic:ramp?start_rate=1&end_rate=9&period=20&duration=400&input_mean=8&seed=3"
+    )
+    arrivals = np.array([r.arrival_s for r in trace.requests])
+    # The first arrival (at about 1 s) moves to 0, so phases shift by about a second: compare
+    # [2, 7) and [12, 17) of each period, mean rates about 3 and 7.
+    phase = arrivals % 20
+    early = np.count_nonzero((phase >= 2) & (phase < 7))
+    late = np.count_nonzero((phase >= 12) & (phase < 17))
+    assert 1.5 * early < late
+    # The same load in every part of the trace.
+    first, second = np.count_nonzero(arrivals < 200), np.count_nonzero(arrivals >= 200)
+    assert abs(first - second) < 0.15 * len(arrivals)
+    # Without a period the ramp spans the whole trace, as before.
+    assert "period=0.0" in load_trace("synthetic:ramp?start_rate=1&end_rate=9").source

@@ -14,16 +14,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.cost import Profile
 from agents.features import SCHEMA_VERSION, feature_names
-from agents.goodput import GoodputController
-from agents.policy import PPOController
+from agents.registry import parse_controller
 from envs.config import EnvConfig
-from envs.replayer import WorkloadReplayer
-from envs.spec_decode_env import feature_config
-from envs.traces import PromptFactory, Trace
-from serving.live_engine import LiveEngine
-from training.evaluate import replay
+from envs.traces import Trace
 from training.export import export_policy
 from training.ratio import format_ratio, ratio
+from training.replays import Bench
 from training.wandb_run import WandbRun
 
 EPISODE_KEYS = (
@@ -79,9 +75,10 @@ class CompareCallback(BaseCallback):
     analytic goodput controller, on one evaluation engine; logs the policy's goodput and
     goodput under SLO relative to the controller's and keeps the best model.
 
-    Each controller replays the window `eval_repeats` times, the two alternating, and the
-    metrics are averaged. The best model is the one with the best ratio of the policy's mean
-    goodput under SLO to the controller's in the same evaluation, so a replay the machine
+    On the model clock one replay each says it all (replays repeat to the token); on the wall
+    clock each controller replays the window `eval_repeats` times, the two alternating, and
+    the metrics are averaged. The best model is the one with the best ratio of the policy's
+    mean goodput under SLO to the controller's in the same evaluation, so a replay the machine
     happened to run fast, which lifts both, does not pick it."""
 
     def __init__(
@@ -103,8 +100,7 @@ class CompareCallback(BaseCallback):
         self.metrics = metrics
         self.tracker = tracker
         self.best: dict[str, float] | None = None
-        self._engine: LiveEngine | None = None
-        self._replayer: WorkloadReplayer | None = None
+        self._bench: Bench | None = None
         self._last_eval = 0
         self._replays = 0
 
@@ -135,22 +131,19 @@ class CompareCallback(BaseCallback):
         """Replay the held-back window with the policy and the goodput controller."""
         self._last_eval = self.num_timesteps
         policy_dir = self.export(model, self.run_dir / "eval_policy")
-        engine = self.env.engine
-
-        def goodput_controller() -> GoodputController:
-            return GoodputController(self.profile.cost, engine.k_max, engine.max_num_seqs)
-
-        build = {
-            "policy": lambda: PPOController.load(policy_dir, base=goodput_controller()),
-            "goodput": goodput_controller,
+        k_max = self.env.engine.k_max
+        specs = {
+            "policy": parse_controller(f"ppo:{policy_dir}", k_max),
+            "goodput": parse_controller("goodput", k_max),
         }
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name in build}
-        order = list(build)
-        for _ in range(self.cfg.eval_repeats):
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in specs}
+        order = list(specs)
+        repeats = self.cfg.eval_repeats if self.env.clock == "wall" else 1
+        for _ in range(repeats):
             self._replays += 1
             # Alternate who goes first, so drift of the machine's speed hits both alike.
             for name in order if self._replays % 2 else order[::-1]:
-                runs[name].append(self._replay(build[name]()))
+                runs[name].append(self._replay(specs[name]))
         policy, goodput = (
             {key: float(np.mean([m[key] for m in runs[name]])) for key in runs[name][0]}
             for name in ("policy", "goodput")
@@ -181,21 +174,14 @@ class CompareCallback(BaseCallback):
 
     def close(self) -> None:
         """Shut the evaluation engine down."""
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        if self._bench is not None:
+            self._bench.close()
+            self._bench = None
 
-    def _replay(self, controller) -> dict[str, float]:
-        if self._engine is None:
-            self._engine = LiveEngine(self.env.engine)
-            self._engine.warm_up()
-            prompts = PromptFactory(self.env.engine.model, weights=self.env.prompt_styles)
-            self._replayer = WorkloadReplayer(
-                self._engine, prompts, self.env.slo, self.env.temperatures
-            )
-        features = feature_config(self.env, self.env.engine)
-        metrics, _ = replay(self._replayer, self.workload, self.cfg.seed, controller, features)
-        return metrics
+    def _replay(self, spec) -> dict[str, float]:
+        if self._bench is None:
+            self._bench = Bench(self.env, self.profile)
+        return self._bench.run(spec, self.workload, self.cfg.seed).metrics
 
 
 def comparison(timesteps: int, policy: dict[str, float], goodput: dict[str, float]) -> dict:

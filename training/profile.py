@@ -1,17 +1,22 @@
 """Measure the live engine's step time and write its cost profiles (`table` and `fitted`).
 
-    python -m training.profile [--method ngram|draft_model|none] [--steps 12]
+    python -m training.profile [--method ngram|draft_model|none] [--steps 12] [--passes 3]
 
 Decode cells: for every batch size and prompt length a batch is prefilled, then decoded for
 a few steps at every k (the first steps after a change of k are dropped: the drafting budget
-takes effect one step late). Prefill cells: a batch decodes at k = 0 while prompts of a given
-total length arrive; each such step is timed against the decode-only steps around it, and
-the prompts are dropped again so the batch keeps its size. Each cell keeps the median
-measured (wall) seconds, the drafts actually verified per request and the mean context read.
+takes effect one step late). Prefill cells: a batch decodes at k = 0 while a prompt of a given
+length arrives; each such step is timed against the decode-only steps before it, and the
+prompt is dropped again so the batch keeps its size. Each cell keeps the median seconds, the
+drafts actually verified per request and the mean context read.
+
+A step is timed by the CPU time of the engine's one thread over the hook's interval (what
+the wall clock measures on a core nobody else uses, without the time the thread was
+descheduled), and the grid runs in several passes whose samples are pooled, so that the
+machine's drift between minutes spreads over every cell instead of biasing some.
 
 Held-out cells, at batch sizes, prompt lengths and prefill sizes the grid does not hold, are
-measured the same way and never fitted: both kinds are scored on them (relative RMSE of the
-cell medians), and the scores are written into the profiles.
+measured the same way, in the same passes, and never fitted: both kinds are scored on them
+(relative RMSE of the cell medians), and the cells and scores are written into the profiles.
 
 Writes `checkpoints/profiles/<method>.json` (kind `table`: the cells, interpolated),
 `<method>-fitted.json` (kind `fitted`: a linear model fitted to the grid's steps) and a PNG.
@@ -25,12 +30,13 @@ import os
 import platform
 import statistics
 import time
+from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from agents.cost import LinearCost, StepLoad, TableCost
+from agents.cost import LinearCost, TableCost
 from agents.cost.load import load_of
 from agents.cost.profile import PROFILE_DIR, save_profile
 from envs.traces import PromptFactory
@@ -39,30 +45,36 @@ from serving.live_engine import LiveEngine
 
 SETTLE_STEPS = 2
 """Steps dropped after k changes: their drafts were proposed under the previous budget."""
-PREFILL_REPEATS = 5
-"""Timed prefill steps per prefill cell."""
+PREFILL_REPEATS = 2
+"""Timed prefill steps per prefill cell and pass."""
 GRID = {
     "batches": (1, 2, 4, 8, 16, 32),
     "prompts": (32, 192, 448),
-    "prefill_batches": (0, 1, 8, 32),
-    "prefill_tokens": (16, 128, 512, 1024, 2048),
+    "prefill_batches": (0, 1, 8, 24),
+    "prefill_tokens": (16, 128, 384, 768, 1016),
 }
 HELD_OUT = {
     "batches": (3, 6, 12, 24),
     "prompts": (96, 320),
     "prefill_batches": (4, 16),
-    "prefill_tokens": (64, 768),
+    "prefill_tokens": (64, 512),
 }
+
+Samples = dict[tuple, list[tuple]]
+"""Timed steps by cell: (grid, "decode", batch, k, prompt) -> [(load, seconds)], and
+(grid, "prefill", batch, size) -> [(load, added seconds, whole seconds)]."""
 
 
 class Sampler:
-    """Times steps of one engine and keeps each step's load with its measured seconds."""
+    """Times steps of one engine and keeps each step's load with its seconds."""
 
-    def __init__(self, engine: LiveEngine, factory: PromptFactory, steps: int, bar) -> None:
+    def __init__(self, engine: LiveEngine, steps: int) -> None:
+        self.grid = "grid"
+        """Which grid the samples being taken belong to."""
         self.engine = engine
-        self.factory = factory
+        self.factory = PromptFactory(engine.config.model, seed=0)
         self.steps = steps
-        self.bar = bar
+        self.samples: Samples = defaultdict(list)
         self.drafted = 0
         self.accepted = 0
         self._ids = 0
@@ -75,21 +87,17 @@ class Sampler:
         self.engine.add_request(rid, prompt, output_tokens)
         return rid
 
-    def decode_cells(self, batch: int, prompt: int) -> list[dict]:
-        """Every k's decode steps of one batch of `batch` requests with `prompt`-token
-        prompts; one cell per k."""
+    def decode(self, batch: int, prompt: int) -> None:
+        """Decode steps at every k of one batch of `batch` requests with `prompt`-token
+        prompts."""
         engine = self.engine
         per_k = self.steps + SETTLE_STEPS
         output = min(per_k * (engine.k_max + 1) ** 2 + 8, engine.config.max_model_len - prompt)
         for _ in range(batch):
             self.add(prompt, output)
-        while True:  # prefill the batch first
-            record = engine.step(0)
-            if record.prefill_tokens == 0 or not engine.has_unfinished():
-                break
-        cells = []
+        while engine.step(0).prefill_tokens and engine.has_unfinished():
+            pass  # prefill the batch first
         for k in range(engine.k_max + 1):
-            samples = []
             for step in range(per_k):
                 if not engine.has_unfinished():
                     break
@@ -98,125 +106,121 @@ class Sampler:
                 self.accepted += record.accepted
                 load = load_of(record.requests)
                 if step >= SETTLE_STEPS and load.num_decode == batch and not load.prefill:
-                    samples.append((load, record.wall_time))
-            if samples:
-                cells.append(decode_cell(batch, k, prompt, samples))
-            self.bar.update(1)
+                    key = (self.grid, "decode", batch, k, prompt)
+                    self.samples[key].append((load, record.cpu_time))
         engine.reset()
-        return cells
 
-    def prefill_cells(self, batch: int, sizes: tuple[int, ...]) -> list[dict]:
-        """Steps that compute `size` prompt tokens beside `batch` decoding requests (k = 0),
-        each against the median decode-only step around it; one cell per size."""
+    def prefill(self, batch: int, sizes: tuple[int, ...]) -> None:
+        """Steps that compute a prompt of each size beside `batch` decoding requests (k = 0),
+        each against the median of the three decode-only steps before it."""
         engine = self.engine
-        longest = engine.config.max_model_len - 8
         for _ in range(batch):
             self.add(128, engine.config.max_model_len - 128)
-        while engine.has_unfinished():
-            if engine.step(0).prefill_tokens == 0:
-                break
-        cells = []
+        while engine.has_unfinished() and engine.step(0).prefill_tokens:
+            pass
         for size in sizes:
-            samples = []
             for _ in range(PREFILL_REPEATS):
-                base = [engine.step(0).wall_time for _ in range(3)] if batch else [0.0]
-                ids = [self.add(length, 4) for length in _chunks(size, longest)]
+                base = [engine.step(0).cpu_time for _ in range(3)] if batch else [0.0]
+                rid = self.add(size, 4)
                 record = engine.step(0)
-                added = record.wall_time - statistics.median(base)
-                samples.append((load_of(record.requests), added, record.wall_time))
-                engine.abort(ids)
-                while batch == 0 and engine.has_unfinished():
-                    engine.step(0)  # let the aborted prompts leave, untimed
-            cells.append(prefill_cell(batch, samples))
-            self.bar.update(1)
+                added = record.cpu_time - statistics.median(base)
+                load = load_of(record.requests)
+                if load.prefill_tokens == size:  # the prompt was admitted and fit the budget
+                    self.samples[(self.grid, "prefill", batch, size)].append(
+                        (load, added, record.cpu_time)
+                    )
+                engine.abort([rid])
         engine.reset()
-        return cells
 
 
-def _chunks(total: int, longest: int) -> list[int]:
-    """Prompt lengths summing to `total`, none longer than `longest`."""
-    count = math.ceil(total / longest)
-    return [total // count + (1 if i < total % count else 0) for i in range(count)]
+def measure(engine: LiveEngine, grids: dict[str, dict], steps: int, passes: int) -> Sampler:
+    """Every cell of the grids, `passes` times over, `steps` timed decode steps per cell in
+    all; the grids' batches interleave within each pass."""
+    sampler = Sampler(engine, max(steps // passes, 1))
+    runs = []
+    for name, grid in grids.items():
+        limit = engine.config.max_num_seqs
+        runs += [(name, "decode", b, p) for p in grid["prompts"] for b in grid["batches"]]
+        runs += [(name, "prefill", b, grid["prefill_tokens"]) for b in grid["prefill_batches"]]
+        runs = [run for run in runs if run[2] <= limit]
+    runs.sort(key=lambda run: (run[1], run[2]))
+    with tqdm(total=passes * len(runs), desc=f"profiling {engine.config.method}") as bar:
+        for _ in range(passes):
+            for name, kind, batch, arg in runs:
+                sampler.grid = name
+                (sampler.decode if kind == "decode" else sampler.prefill)(batch, arg)
+                bar.update(1)
+    return sampler
 
 
-def decode_cell(batch: int, k: int, prompt: int, samples: list[tuple[StepLoad, float]]) -> dict:
-    """A decode cell: the median seconds, mean drafts verified per request and mean context."""
-    return {
-        "batch": batch,
-        "k": k,
-        "context": prompt,
-        "verified": statistics.fmean(load.verified_tokens / batch for load, _ in samples),
-        "mean_context": statistics.fmean(load.mean_context for load, _ in samples),
-        "step_time_s": statistics.median(seconds for _, seconds in samples),
-        "samples": len(samples),
-        "loads": samples,
-    }
+def cells(samples: Samples, grid: str) -> dict[str, list[dict]]:
+    """One grid's cells from pooled samples (with the samples, under "loads")."""
+    decode, prefill = [], []
+    for key, group in sorted(samples.items()):
+        if key[0] != grid:
+            continue
+        if key[1] == "decode":
+            _, _, batch, k, prompt = key
+            decode.append(
+                {
+                    "batch": batch,
+                    "k": k,
+                    "context": prompt,
+                    "verified": statistics.fmean(load.verified_tokens / batch for load, _ in group),
+                    "mean_context": statistics.fmean(load.mean_context for load, _ in group),
+                    "step_time_s": statistics.median(seconds for _, seconds in group),
+                    "samples": len(group),
+                    "loads": group,
+                }
+            )
+        else:
+            _, _, batch, _ = key
+            prefill.append(
+                {
+                    "batch": batch,
+                    "prefill_tokens": statistics.median(load.prefill_tokens for load, *_ in group),
+                    "added_s": statistics.median(added for _, added, _ in group),
+                    "step_time_s": statistics.median(whole for *_, whole in group),
+                    "samples": len(group),
+                    "loads": [(load, whole) for load, _, whole in group],
+                    "added": [(load, added) for load, added, _ in group],
+                }
+            )
+    return {"decode": decode, "prefill": prefill}
 
 
-def prefill_cell(batch: int, samples: list[tuple[StepLoad, float, float]]) -> dict:
-    """A prefill cell: the median seconds prompt tokens added to a decode-only step (for a
-    batch of 0, the whole step) at the prompt tokens the steps actually computed, and the
-    median whole step."""
-    return {
-        "batch": batch,
-        "prefill_tokens": statistics.median(load.prefill_tokens for load, _, _ in samples),
-        "added_s": statistics.median(added for _, added, _ in samples),
-        "step_time_s": statistics.median(whole for _, _, whole in samples),
-        "samples": len(samples),
-        "loads": [(load, whole) for load, _, whole in samples],
-        "added": [(load, added) for load, added, _ in samples],
-    }
+def predicted(model, cell: dict) -> float:
+    """A cost model's median prediction for a cell's steps."""
+    return statistics.median(model.seconds(load) for load, _ in cell["loads"])
 
 
-def measure(engine: LiveEngine, grid: dict, steps: int, desc: str) -> tuple[dict, float]:
-    """Decode and prefill cells over one grid, and the acceptance rate of its decode steps."""
-    batches = [b for b in grid["batches"] if b <= engine.config.max_num_seqs]
-    prefill_batches = [b for b in grid["prefill_batches"] if b <= engine.config.max_num_seqs]
-    total = len(batches) * len(grid["prompts"]) * (engine.k_max + 1)
-    total += len(prefill_batches) * len(grid["prefill_tokens"])
-    factory = PromptFactory(engine.config.model, seed=0)
-    with tqdm(total=total, desc=desc, unit="cell") as bar:
-        sampler = Sampler(engine, factory, steps, bar)
-        decode = [c for p in grid["prompts"] for b in batches for c in sampler.decode_cells(b, p)]
-        prefill = [
-            c for b in prefill_batches for c in sampler.prefill_cells(b, grid["prefill_tokens"])
-        ]
-    acceptance = sampler.accepted / sampler.drafted if sampler.drafted else 0.0
-    return {"decode": decode, "prefill": prefill}, acceptance
-
-
-def held_out_error(model, cells: dict[str, list[dict]]) -> float:
+def held_out_error(model, held: dict[str, list[dict]]) -> float:
     """Relative RMSE of a cost model against held-out cells: per cell, the median of its
     predictions for the steps' loads over the median measured step."""
-    errors = [
-        statistics.median(model.seconds(load) for load, _ in cell["loads"]) / cell["step_time_s"]
-        - 1
-        for group in cells.values()
-        for cell in group
-    ]
+    errors = [predicted(model, c) / c["step_time_s"] - 1 for group in held.values() for c in group]
     return math.sqrt(statistics.fmean(e * e for e in errors))
 
 
-def strip(cells: dict[str, list[dict]]) -> dict[str, list[dict]]:
+def strip(grid: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """The cells without their per-step loads, as a profile stores them."""
     return {
         kind: [{k: v for k, v in c.items() if k not in ("loads", "added")} for c in group]
-        for kind, group in cells.items()
+        for kind, group in grid.items()
     }
 
 
-def fit_linear(cells: dict[str, list[dict]]) -> LinearCost:
+def fit_linear(grid: dict[str, list[dict]]) -> LinearCost:
     """The linear model fitted to every timed step of the grid.
 
     A prefill step's time is taken as the seconds its prompt added to the decode-only steps
-    around it plus the decode part as fitted to the decode steps alone, so the machine's drift
+    before it plus the decode part as fitted to the decode steps alone, so the machine's drift
     between cells does not enter the prompt coefficient.
     """
-    decode = [(load, seconds) for cell in cells["decode"] for load, seconds in cell["loads"]]
+    decode = [(load, seconds) for cell in grid["decode"] for load, seconds in cell["loads"]]
     base = LinearCost.fit(decode)
     prefill = [
         (load, added + (base.seconds(replace(load, prefill=())) if load.num_decode else 0.0))
-        for cell in cells["prefill"]
+        for cell in grid["prefill"]
         for load, added in cell["added"]
     ]
     return LinearCost.fit(decode + prefill)
@@ -252,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k-max", type=int, default=EngineConfig.k_max)
     parser.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
     parser.add_argument("--steps", type=int, default=12, help="timed decode steps per cell")
+    parser.add_argument("--passes", type=int, default=8, help="passes over the grid, pooled")
     parser.add_argument("--out-dir", type=Path, default=PROFILE_DIR, help="where to write")
     args = parser.parse_args(argv)
 
@@ -262,34 +267,38 @@ def main(argv: list[str] | None = None) -> int:
     engine.warm_up()
     started = time.perf_counter()
     try:
-        grid, acceptance = measure(engine, GRID, args.steps, f"profiling {args.method}")
-        held, _ = measure(engine, HELD_OUT, args.steps, "held-out cells")
+        measured = measure(engine, {"grid": GRID, "held": HELD_OUT}, args.steps, args.passes)
     finally:
         engine.close()
     minutes = (time.perf_counter() - started) / 60
 
+    grid, held = cells(measured.samples, "grid"), cells(measured.samples, "held")
     table = TableCost(**strip(grid))
     fitted = fit_linear(grid)
-    errors = {"table": held_out_error(table, held), "fitted": held_out_error(fitted, held)}
-    cells = len(held["decode"]) + len(held["prefill"])
+    models = {"table": table, "fitted": fitted}
+    errors = {kind: held_out_error(model, held) for kind, model in models.items()}
+    scored = strip(held)
+    for group, stripped in zip(held.values(), scored.values(), strict=True):
+        for cell, row in zip(group, stripped, strict=True):
+            row["predicted_s"] = {kind: predicted(model, cell) for kind, model in models.items()}
     common = {
         "model": project_relative(config.model),
         "model_id": config.model_id(),
         "method": config.method,
         "k_max": config.k_max,
         "max_num_seqs": config.max_num_seqs,
-        "acceptance": acceptance,
+        "acceptance": measured.accepted / measured.drafted if measured.drafted else 0.0,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "processor": platform.processor(),
         },
-        "held_out_rel_rmse": errors | {"cells": cells},
+        "held_out": {"rel_rmse": errors, "cells": scored},
     }
     source = (
-        f"measured on this machine (wall clock) by `python -m training.profile --method "
-        f"{args.method}` on {time.strftime('%Y-%m-%d')}, {args.steps} timed steps per decode "
-        f"cell, {PREFILL_REPEATS} per prefill cell"
+        f"measured on this machine by `python -m training.profile --method {args.method}` on "
+        f"{time.strftime('%Y-%m-%d')}: CPU time of the engine's thread per step, "
+        f"{args.passes} passes pooled, {args.steps} timed steps per decode cell"
     )
     out = args.out_dir / f"{args.method}.json"
     save_profile(out, {"kind": "table", "source": source} | common | {"cost": strip(grid)})
@@ -300,11 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         | {"cost": fitted.to_params()},
     )
     plot(table, args.method, out.with_suffix(".png"))
+    count = sum(len(group) for group in held.values())
     print(
-        f"{minutes:.1f} min; held-out relative RMSE over {cells} cells: "
+        f"{minutes:.1f} min; held-out relative RMSE over {count} cells: "
         f"table {errors['table']:.3f}, fitted {errors['fitted']:.3f}"
     )
-    print(f"wrote {out}, {out.with_name(out.stem + '-fitted.json')} and {out.with_suffix('.png')}")
+    print(f"wrote {out}, {out.stem}-fitted.json and {out.with_suffix('.png')}")
     return 0
 
 

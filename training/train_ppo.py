@@ -69,6 +69,13 @@ class TrainConfig:
     """Token budget of one engine step."""
     max_model_len: int = 1024
     """Longest prompt plus output."""
+    clock: str = "model"
+    """model: a step lasts what the cost profile says it computed (episodes repeat to the
+    token); wall: what this machine measured."""
+    profile: str | None = None
+    """Cost profile (a path or a name under checkpoints/profiles, e.g. a100-llama3-8b): the
+    model clock's costs and the goodput controller's. None: the method's measured table. A
+    GPU profile sets the engine limits and SLOs of its deployment."""
     ttft_slo_s: float = 1.0
     """Time-to-first-token SLO, seconds."""
     tpot_slo_s: float = 0.05
@@ -199,6 +206,8 @@ def env_config(cfg: TrainConfig, *, evaluation: bool = False):
         max_output_tokens=cfg.max_output_tokens,
         engine=engine,
         slo=SLO(ttft_s=cfg.ttft_slo_s, tpot_s=cfg.tpot_slo_s),
+        clock=cfg.clock,
+        profile=cfg.profile,
         reward=RewardWeights(
             reference_tps=cfg.reference_tps,
             ttft_violation_tokens=cfg.ttft_violation_tokens,
@@ -258,21 +267,26 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(
             TrainConfig, argv, "python -m training.train_ppo", __doc__.split("\n\n")[0]
         )
-        train_env, eval_env = env_config(cfg), env_config(cfg, evaluation=True)
-        checks = check_inputs(cfg, train_env, eval_env)
+        checks = check_inputs(cfg, env_config(cfg), env_config(cfg, evaluation=True))
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run_dir = prepare_run(cfg, argv)
     print(f"run folder: {run_dir}")
-    return train(cfg, run_dir, train_env, eval_env, checks)
+    return train(cfg, run_dir, checks)
 
 
 def check_inputs(cfg: TrainConfig, train_env, eval_env) -> dict[str, Any]:
-    """Everything that can be wrong, checked before any engine starts."""
-    from agents.cost import load_profile
+    """Everything that can be wrong, checked before any engine starts.
+
+    Returns the environments with the engine limits and SLOs of a deployment profile, the
+    held-back workload and the profile.
+    """
     from envs.traces import apply_replay, load_trace
-    from serving.config import default_profile_path
+    from training.replays import bench_config
+
+    train_env, profile = bench_config(train_env)
+    eval_env, _ = bench_config(eval_env)
 
     trace = load_trace(train_env.trace, train_env.trace_format)
     if trace.duration_s < cfg.window_s:
@@ -288,16 +302,15 @@ def check_inputs(cfg: TrainConfig, train_env, eval_env) -> dict[str, Any]:
             f"the evaluation window ({cfg.eval_window_s} s at {cfg.eval_window_start_s} s) "
             f"of {eval_env.trace} holds no requests"
         )
-    train_env.engine.check_models()
-    profile = load_profile(
-        default_profile_path(cfg.method),
-        model_id=train_env.engine.model_id(),
-        method=cfg.method,
-    )
-    return {"held_back": held_back, "profile": profile}
+    return {
+        "train_env": train_env,
+        "eval_env": eval_env,
+        "held_back": held_back,
+        "profile": profile,
+    }
 
 
-def train(cfg: TrainConfig, run_dir: Path, train_env, eval_env, checks: dict) -> int:
+def train(cfg: TrainConfig, run_dir: Path, checks: dict) -> int:
     """Build the environments, train, evaluate, save and export."""
     import torch
     from stable_baselines3 import PPO
@@ -311,7 +324,8 @@ def train(cfg: TrainConfig, run_dir: Path, train_env, eval_env, checks: dict) ->
     torch.set_num_threads(1)
     cost = checks["profile"].cost
     factories = [
-        make_env(train_env, cfg.seed + i, cfg.residual_offsets, cost) for i in range(cfg.n_envs)
+        make_env(checks["train_env"], cfg.seed + i, cfg.residual_offsets, cost)
+        for i in range(cfg.n_envs)
     ]
     vec_env = (
         SubprocVecEnv(factories, start_method="spawn") if cfg.n_envs > 1 else DummyVecEnv(factories)
@@ -348,7 +362,7 @@ def train(cfg: TrainConfig, run_dir: Path, train_env, eval_env, checks: dict) ->
     model.set_logger(logger)
     metrics = EpisodeMetricsCallback(tracker)
     compare = CompareCallback(
-        cfg, run_dir, eval_env, checks["held_back"], checks["profile"], metrics, tracker
+        cfg, run_dir, checks["eval_env"], checks["held_back"], checks["profile"], metrics, tracker
     )
     callbacks = CallbackList(
         [

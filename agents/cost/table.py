@@ -6,7 +6,10 @@ drafts fewer than k when nothing matches and contexts grow while a cell decodes.
 decode time is interpolated along verified drafts within each (batch, prompt) line, then
 across the lines' mean contexts, then across batch sizes: piecewise linear, extended
 linearly past the grid's edges. Prompt chunks add the time measured for them on top of a
-decode-only step of the same batch (for a prefill-only step, the whole step).
+decode-only step of the same batch, chunk by chunk: prefill cells time one prompt chunk each,
+because attention makes a chunk's cost grow faster than its length, so two chunks of 400
+tokens cost less than one of 800. A prefill-only step is its longest chunk's whole measured
+step plus what the other chunks add beside one decoding request.
 
 Unlike the linear fit this follows the measured shape, e.g. ngram steps that are almost flat
 in k at small batches and steepen at large ones.
@@ -105,15 +108,17 @@ class TableCost:
     def seconds(self, load: StepLoad) -> float:
         """Interpolated seconds of a step that computed `load`."""
         batch = load.num_decode
-        prompt = load.prefill_tokens
+        chunks = sorted((tokens for tokens, _ in load.prefill), reverse=True)
         if batch:
             seconds = self._decode(batch, load.verified_tokens / batch, load.mean_context)
-            if prompt and self._prefill_lines:
-                seconds += self._added(batch, prompt)
-        elif self._prefill_only is not None:
-            seconds = interpolate(prompt, *self._prefill_only)
+        elif chunks and self._prefill_only is not None:
+            seconds = interpolate(chunks.pop(0), *self._prefill_only)
+            batch = 1  # the other chunks add to it as to a step of one request
         else:
-            seconds = self._decode(1, 0.0, 0.0) + (self._added(1, prompt) if prompt else 0.0)
+            seconds = self._decode(1, 0.0, 0.0)
+            batch = 1
+        if self._prefill_lines:
+            seconds += sum(self._added(batch, tokens) for tokens in chunks)
         return seconds if seconds > MIN_STEP_S else MIN_STEP_S
 
     def _decode(self, batch: int, verified: float, context: float) -> float:

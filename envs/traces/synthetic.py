@@ -21,7 +21,7 @@ COMMON_PARAMS = (
 PATTERN_PARAMS = {
     "poisson": ("rate",),
     "bursty": ("rate", "cv"),
-    "ramp": ("start_rate", "end_rate"),
+    "ramp": ("start_rate", "end_rate", "period"),
 }
 # Every other parameter must be >= 0.
 _POSITIVE = frozenset(
@@ -36,7 +36,9 @@ class SyntheticSpec:
     - poisson: constant `rate`.
     - bursty: gamma-distributed inter-arrival times with mean 1/`rate` and coefficient of
       variation `cv` (> 1: tight bursts separated by long idle gaps; BurstGPT fits this model).
-    - ramp: a Poisson process whose rate moves linearly from `start_rate` to `end_rate`.
+    - ramp: a Poisson process whose rate moves linearly from `start_rate` to `end_rate`,
+      over the whole duration, or, with `period` > 0, over every `period` seconds again (a
+      sawtooth: load that rises within an episode, the same in every part of the trace).
 
     Lengths are lognormal with the given means and log-space `sigma`, rounded and clipped
     to [1, max]. Fields that do not belong to the pattern are ignored.
@@ -48,6 +50,7 @@ class SyntheticSpec:
     cv: float = 3.0
     start_rate: float = 0.5
     end_rate: float = 4.0
+    period: float = 0.0
     input_mean: float = 256.0
     output_mean: float = 128.0
     sigma: float = 0.8
@@ -126,6 +129,15 @@ def synthetic_trace(spec: SyntheticSpec) -> Trace:
         arrivals = _poisson(arrival_rng, spec.rate, spec.duration)
     elif spec.pattern == "bursty":
         arrivals = _gamma_renewal(arrival_rng, spec.rate, spec.cv, spec.duration)
+    elif spec.period > 0:
+        starts = np.arange(0.0, spec.duration, spec.period)
+        arrivals = np.concatenate(
+            [
+                start + _ramp(arrival_rng, spec.start_rate, spec.end_rate, spec.period)
+                for start in starts
+            ]
+        )
+        arrivals = arrivals[arrivals < spec.duration]
     else:
         arrivals = _ramp(arrival_rng, spec.start_rate, spec.end_rate, spec.duration)
     n = len(arrivals)
