@@ -1,6 +1,6 @@
 """Measure the live engine's step time and write its cost profiles (`table` and `fitted`).
 
-    python -m training.profile [--method ngram|draft_model|none] [--steps 12] [--passes 3]
+    python -m training.profile [--method ngram|draft_model|none] [--steps 24] [--passes 8]
 
 Decode cells: for every batch size and prompt length a batch is prefilled, then decoded for
 a few steps at every k (the first steps after a change of k are dropped: the drafting budget
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="ngram", choices=("ngram", "draft_model", "none"))
     parser.add_argument("--k-max", type=int, default=EngineConfig.k_max)
     parser.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
-    parser.add_argument("--steps", type=int, default=12, help="timed decode steps per cell")
+    parser.add_argument("--steps", type=int, default=24, help="timed decode steps per cell")
     parser.add_argument("--passes", type=int, default=8, help="passes over the grid, pooled")
     parser.add_argument("--out-dir", type=Path, default=PROFILE_DIR, help="where to write")
     args = parser.parse_args(argv)

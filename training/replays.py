@@ -103,20 +103,24 @@ class Bench:
             acceptance = load_profile(env.engine.method, method=env.engine.method).acceptance
         self.context = ControllerContext.from_features(self.features, profile, acceptance)
         prompts = PromptFactory(env.engine.model, weights=env.prompt_styles)
+        configs = {True: env.engine}
+        if plain:
+            configs[False] = replace(env.engine, method="none", k_max=0)
+        # Every profile is resolved before any engine starts, so a missing one fails first.
+        costs = {
+            speculates: None
+            if env.clock == "wall"
+            else (profile if speculates else engine_profile(env.profile, config)).cost
+            for speculates, config in configs.items()
+        }
         self.engines: dict[bool, LiveEngine] = {}
         self.replayers: dict[bool, WorkloadReplayer] = {}
-        plain_config = replace(env.engine, method="none", k_max=0)
-        for speculates, config in ((True, env.engine), (False, plain_config)):
-            if not speculates and not plain:
-                continue
-            cost = None
-            if env.clock == "model":
-                cost = (profile if speculates else engine_profile(env.profile, config)).cost
+        for speculates, config in configs.items():
             engine = LiveEngine(config)
             engine.warm_up()
             self.engines[speculates] = engine
             self.replayers[speculates] = WorkloadReplayer(
-                engine, prompts, env.slo, env.temperatures, cost
+                engine, prompts, env.slo, env.temperatures, costs[speculates]
             )
         self._outputs: dict[Any, dict[str, list[int]]] = {}
 
