@@ -62,6 +62,11 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         check_clock(self.clock)
+        if self.reward.baseline != "none" and self.clock != "model":
+            raise ValueError(
+                f"reward baseline {self.reward.baseline!r} prices the step at another k: it "
+                "needs clock='model'"
+            )
         if not self.window_s > 0:
             raise ValueError(f"window_s={self.window_s} must be > 0")
         if self.max_steps < 1:

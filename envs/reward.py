@@ -20,6 +20,15 @@ generated - rho * step_time = step_time * (generated / step_time - rho). Summing
 rates instead would reward many short steps (k=0) whatever their throughput; summed this way,
 an episode's return is (tokens - rho * engine time - violation costs) / N, so for a given
 workload it grows exactly as goodput over engine time grows and violations shrink.
+
+With `baseline = "goodput"` the goodput term becomes the step's value relative to what the
+goodput controller's k would have made of the same step, from the step's counterfactual
+accepted counts (`RequestStep.accepted_if`) and the cost model's price of the step at that
+k: (generated - rho * step_time) - (generated' - rho * step_time'). What the arrivals and the
+batch contribute is the same on both sides and cancels, so the reward credits the choice of k
+alone. In model time the counterfactual is exact wherever the step's verified drafts saw a
+rejection, and a lower bound for larger k where all were accepted (the twin's tables make it
+exact everywhere).
 """
 
 from __future__ import annotations
@@ -27,8 +36,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from agents.cost import CostModel
+from agents.cost.load import load_of
 from agents.records import StepRecord
 from envs.ledger import Violations
+
+BASELINES = ("none", "goodput")
+"""What a step's goodput term is measured against: nothing, or the goodput controller's k."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +60,18 @@ class RewardWeights:
     reference_steps: int = 0
     """0: rho is reference_tps throughout; N > 0: rho is the episode's goodput over about
     the last N steps (an EMA; reference_tps until the first step)."""
+    baseline: str = "none"
+    """none: the goodput term as above; goodput: relative to the goodput controller's k on
+    the same step (needs the model clock's cost model)."""
 
     def __post_init__(self) -> None:
+        if self.baseline not in BASELINES:
+            raise ValueError(
+                f"reward baseline={self.baseline!r} must be one of {', '.join(BASELINES)}"
+            )
         for name, value in vars(self).items():
+            if name == "baseline":
+                continue
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"reward weight {name}={value!r} must be a finite number >= 0")
         if self.token_scale <= 0:
@@ -95,18 +118,42 @@ class RunningReference:
             self._tokens, self._seconds = float(record.generated), record.step_time
 
 
+def counterfactual(record: StepRecord, k: int, cost: CostModel) -> tuple[int, float]:
+    """(tokens, seconds) of the step had every decoding request verified k drafts (as many
+    as it had proposed), from its counterfactual accepted counts and the cost model.
+
+    A request that finished in the step cannot make more tokens than it did.
+    """
+    finished = {f.request_id for f in record.finished}
+    tokens = 0
+    for r in record.requests:
+        if r.prefill_tokens:
+            tokens += r.generated
+        else:
+            made = r.accepted_if(k) + 1
+            tokens += min(made, r.generated) if r.request_id in finished else made
+    seconds = cost.seconds(load_of(record.requests, verified=lambda r: min(k, r.proposed)))
+    return tokens, seconds
+
+
 def step_reward(
     record: StepRecord,
     violations: Violations,
     weights: RewardWeights,
     reference_tps: float | None = None,
+    baseline: tuple[int, float] | None = None,
 ) -> float:
     """The reward of one engine step (formula in the module docstring).
 
     `reference_tps` is rho (a `RunningReference`'s); None uses `weights.reference_tps`.
+    `baseline` is the (tokens, seconds) the step would have had at the baseline's k
+    (`counterfactual`), for `weights.baseline = "goodput"`.
     """
     rho = weights.reference_tps if reference_tps is None else reference_tps
     goodput = record.generated - rho * record.step_time
+    if baseline is not None:
+        tokens, seconds = baseline
+        goodput -= tokens - rho * seconds
     penalty = (
         weights.ttft_violation_tokens * violations.ttft
         + weights.tpot_violation_tokens * violations.tpot

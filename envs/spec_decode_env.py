@@ -23,10 +23,11 @@ import numpy as np
 from gymnasium import spaces
 
 from agents.features import FeatureBuilder, FeatureConfig, Observation, feature_bounds
+from agents.goodput import GoodputController
 from envs.clock import deployment_limits, engine_profile
 from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
-from envs.reward import RunningReference, step_reward
+from envs.reward import RunningReference, counterfactual, step_reward
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
 from serving.config import EngineConfig
 from serving.live_engine import LiveEngine
@@ -69,6 +70,13 @@ class SpecDecodeEnv(gym.Env):
         )
         self.features = FeatureBuilder(feature_config(self.config, self.engine.config))
         self.reference = RunningReference(self.config.reward)
+        # The reward's baseline: the goodput controller, deciding on the same observations.
+        self.baseline: GoodputController | None = None
+        if self.config.reward.baseline == "goodput":
+            engine_config = self.engine.config
+            self.baseline = GoodputController(
+                self.profile.cost, engine_config.k_max, engine_config.max_num_seqs
+            )
         low, high = feature_bounds(self.config.feature_window)
         self.observation_space = spaces.Box(low=low, high=high, dtype=np.float32)
         self.action_space = spaces.Discrete(self.engine.k_max + 1)
@@ -92,6 +100,8 @@ class SpecDecodeEnv(gym.Env):
         self.replayer.start(workload, self.np_random)
         self.features.reset()
         self.reference.reset()
+        if self.baseline is not None:
+            self.baseline.reset()
         self._done = False
         self.observation = self.features.build(self.replayer.now)
         return self.observation.vector, {"replay": workload.describe(), "requests": len(workload)}
@@ -103,8 +113,15 @@ class SpecDecodeEnv(gym.Env):
             raise RuntimeError("step() after the episode ended: call reset() first")
         if not self.action_space.contains(action):
             raise ValueError(f"action {action!r} is outside Discrete({self.action_space.n})")
+        baseline_k = None
+        if self.baseline is not None:
+            baseline_k = self.baseline.decide(self.observation).k
         record, violations = self.replayer.step(int(action))
-        reward = step_reward(record, violations, self.config.reward, self.reference.tps)
+        versus = None
+        if baseline_k is not None:
+            versus = counterfactual(record, baseline_k, self.profile.cost)
+            self.baseline.observe(record)
+        reward = step_reward(record, violations, self.config.reward, self.reference.tps, versus)
         self.reference.update(record)
         self.features.update(record)
         self.observation = self.features.build(self.replayer.now)
@@ -115,6 +132,7 @@ class SpecDecodeEnv(gym.Env):
             "record": record,
             "ttft_violations": violations.ttft,
             "tpot_violations": violations.tpot,
+            "baseline_k": baseline_k,
         }
         if terminated or truncated:
             self._done = True

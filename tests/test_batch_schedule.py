@@ -84,7 +84,10 @@ def test_default_table_shrinks_k_as_batches_grow():
     # Each range's k is the argmax of E(k) / T(B, k) at its ends.
     for start, end, k in table:
         for batch in (start, end):
-            rates = [expected_tokens(0.7, j) / model.seconds(StepLoad.uniform(batch, j)) for j in range(5)]
+            rates = [
+                expected_tokens(0.7, j) / model.seconds(StepLoad.uniform(batch, j))
+                for j in range(5)
+            ]
             assert rates.index(max(rates)) == k
     # And the table drives the controller: valid as vLLM would read it.
     controller = BatchScheduleController(table, k_max=4, max_num_seqs=64)

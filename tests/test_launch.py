@@ -63,7 +63,7 @@ def test_user_additional_config_is_kept():
         (["--controller", "static:9"], "K must be a whole number in 0..4"),
         (["--controller", "wizard"], "unknown controller 'wizard'"),
         (["--profile", str(default_profile_path("draft_model"))], "made for method"),
-        (["--profile", "/nonexistent.json"], "no step-time profile at /nonexistent.json"),
+        (["--profile", "/nonexistent.json"], "no profile '/nonexistent.json'"),
         (["--policy", "a", "--controller", "goodput"], "not allowed with argument"),
         (["--scheduler-cls", "vllm.v1.core.sched.scheduler.Scheduler"], "must subclass"),
         (["--scheduler-cls", "no_such_module.Cls"], "cannot import it"),

@@ -6,9 +6,11 @@ import math
 
 import pytest
 
+from agents.cost import LinearCost
+from agents.cost.load import load_of
 from agents.records import FinishedRequest, RequestStep
 from envs.ledger import SLO, RequestLedger, Violations
-from envs.reward import RewardWeights, RunningReference, step_reward
+from envs.reward import RewardWeights, RunningReference, counterfactual, step_reward
 from tests.factories import decode_step
 
 
@@ -120,3 +122,35 @@ def test_episode_metrics():
     assert metrics["tpot_p50_s"] == pytest.approx((0.1 + 0.5) / 2)
     assert ledger.num_open == 0 and ledger.num_finished == 2
     assert math.isnan(RequestLedger(SLO()).metrics()["slo_attainment"])
+
+
+def test_the_counterfactual_step_and_the_goodput_baseline():
+    cost = LinearCost(0.01, 0.0, 1e-3, 0.0, 0.0, 0.0)  # 10 ms + 1 ms per verified draft
+    requests = [
+        RequestStep("a", 3, 3, 3, 4, 0, 10, 0.0, context=50, proposed=4),  # all 3 accepted
+        RequestStep("b", 3, 3, 1, 2, 0, 10, 0.0, context=50, proposed=3),  # rejected at 2
+        RequestStep("c", 3, 0, 0, 1, 0, 10, 0.0, context=50, proposed=0),  # nothing proposed
+    ]
+    record = decode_step(requests, started_at=0.0, step_time=cost.seconds(load_of(requests)))
+    assert record.step_time == pytest.approx(0.016)
+    # At k = 1: a and b each verify 1 and accept it; c verifies nothing.
+    assert counterfactual(record, 1, cost) == (2 + 2 + 1, pytest.approx(0.012))
+    # At k = 4: a's count is a lower bound (3; its 4th draft was never checked), b is bounded
+    # by its rejection, c has nothing to verify.
+    assert counterfactual(record, 4, cost) == (4 + 2 + 1, pytest.approx(0.017))
+    # At its own k the counterfactual is the step itself.
+    assert counterfactual(record, 3, cost) == (record.generated, pytest.approx(record.step_time))
+    weights = RewardWeights(reference_tps=100, token_scale=1, baseline="goodput")
+    rho = 100
+    versus = counterfactual(record, 1, cost)
+    expected = (7 - rho * 0.016) - (5 - rho * 0.012)
+    assert step_reward(record, Violations(), weights, rho, versus) == pytest.approx(expected)
+
+
+def test_a_baseline_needs_the_model_clock():
+    from envs.config import EnvConfig
+
+    with pytest.raises(ValueError, match="needs clock='model'"):
+        EnvConfig(clock="wall", reward=RewardWeights(baseline="goodput"))
+    with pytest.raises(ValueError, match="baseline='oracle' must be one of none, goodput"):
+        RewardWeights(baseline="oracle")
