@@ -112,7 +112,7 @@ def test_wall_clock_repeats_with_paired_intervals(tmp_path):
             ["--trace", "../shared/traces/AzureLLMInferenceTrace_conv.csv", "--windows", "9,2800"],
             "overlaps its training region",
         ),
-        (["--windows", "two"], "--windows two: give a count >= 1 or a list of starts"),
+        (["--windows", "two"], "--windows two: give a count from 1 to 64"),
     ],
 )
 def test_bad_input_is_refused_before_any_replay(argv, message, capsys):

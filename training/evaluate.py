@@ -71,6 +71,8 @@ INTERVAL_MIN_SAMPLES = 3
 """Fewer samples give too few distinct resamples for an interval to mean anything."""
 CONFIDENCE = 0.9
 """Of the printed intervals."""
+MAX_WINDOWS = 64
+"""More windows than this in one evaluation is almost surely a start meant as a count."""
 DEFAULT_CONTROLLERS = "nospec,static:1,static:2,static:3,static:4,vllm-schedule,goodput"
 
 
@@ -466,8 +468,11 @@ def window_starts(args: argparse.Namespace, trace: Trace) -> list[float]:
         starts = [args.window_start_s]
     elif "," in args.windows or "." in args.windows:
         starts = [float(s) for s in args.windows.split(",") if s]
-    elif not args.windows.isdigit() or int(args.windows) < 1:
-        raise ValueError(f"--windows {args.windows}: give a count >= 1 or a list of starts")
+    elif not args.windows.isdigit() or not 1 <= int(args.windows) <= MAX_WINDOWS:
+        raise ValueError(
+            f"--windows {args.windows}: give a count from 1 to {MAX_WINDOWS}, or a list of "
+            "starts in seconds (one start: --window-start-s, or a trailing comma)"
+        )
     elif region is not None:
         starts = region.starts(int(args.windows), args.window_s)
     else:
