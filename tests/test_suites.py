@@ -52,3 +52,9 @@ def test_known_traces_are_found_by_path():
     region = REGIONS["azure-code"]
     assert region_of(region.trace) is region
     assert region_of("synthetic:poisson?rate=1") is None
+
+
+def test_windows_move_onto_traffic_when_given_the_arrivals():
+    region = TraceRegion("t", "synthetic:poisson?rate=1&duration=100", 60.0, 100.0)
+    # Nothing arrives before 80 s: the first two windows move to the first arrival.
+    assert region.starts(3, 10.0, [10.0, 80.5, 95.0]) == [80.5, 80.5, 90.0]

@@ -474,7 +474,9 @@ def window_starts(args: argparse.Namespace, trace: Trace) -> list[float]:
             "starts in seconds (one start: --window-start-s, or a trailing comma)"
         )
     elif region is not None:
-        starts = region.starts(int(args.windows), args.window_s)
+        starts = region.starts(
+            int(args.windows), args.window_s, [r.arrival_s for r in trace.requests]
+        )
     else:
         room = trace.duration_s - args.window_s
         if room < 0:
@@ -500,10 +502,14 @@ def targets(args: argparse.Namespace) -> list[Target]:
         return [
             Target(label, args.trace, args.trace_format, args.rate_scale, args.window_s, starts)
         ]
-    return [
-        Target(e.label, REGIONS[e.region].trace, None, e.rate_scale, e.window_s, e.starts())
-        for e in suite(args.suite)
-    ]
+    found = []
+    for e in suite(args.suite):
+        trace = load_trace(REGIONS[e.region].trace)
+        starts = e.starts([r.arrival_s for r in trace.requests])
+        found.append(
+            Target(e.label, REGIONS[e.region].trace, None, e.rate_scale, e.window_s, starts)
+        )
+    return found
 
 
 def check_inputs(args: argparse.Namespace) -> Plan:

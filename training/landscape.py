@@ -92,7 +92,7 @@ def check_inputs(args: argparse.Namespace):
     env, profile = bench_config(env)
     trace = load_trace(spec)
     if region is not None:
-        starts = region.starts(args.windows, args.window_s)
+        starts = region.starts(args.windows, args.window_s, [r.arrival_s for r in trace.requests])
     else:
         room = trace.duration_s - args.window_s
         starts = [i * room / max(args.windows - 1, 1) for i in range(args.windows)]

@@ -14,8 +14,11 @@ the suite's summary is the geometric mean over its entries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from serving.config import PROJECT_ROOT
 
@@ -42,17 +45,26 @@ class TraceRegion:
         if not 0 < self.split_s < self.end_s:
             raise ValueError(f"region {self.name}: need 0 < split_s < end_s")
 
-    def starts(self, windows: int, window_s: float) -> list[float]:
-        """`windows` window starts spread evenly over the held-back region."""
+    def starts(self, windows: int, window_s: float, arrivals: Sequence[float] = ()) -> list[float]:
+        """`windows` window starts spread evenly over the held-back region; given the trace's
+        `arrivals`, each moves on to the first arrival at or after it (real traces have idle
+        stretches, and a window without requests measures nothing)."""
         room = self.end_s - self.split_s - window_s
         if room < 0:
             raise ValueError(
                 f"region {self.name}: a {window_s} s window does not fit in the held-back "
                 f"{self.end_s - self.split_s:.0f} s"
             )
-        if windows == 1:
-            return [self.split_s]
-        return [round(self.split_s + i * room / (windows - 1), 3) for i in range(windows)]
+        step = room / (windows - 1) if windows > 1 else 0.0
+        starts = [round(self.split_s + i * step, 3) for i in range(windows)]
+        if len(arrivals):
+            times = np.asarray(arrivals)
+            snapped = []
+            for start in starts:
+                later = times[(times >= start) & (times <= self.split_s + room)]
+                snapped.append(round(float(later[0]), 3) if len(later) else start)
+            starts = snapped
+        return starts
 
     def check_eval_window(self, start_s: float, window_s: float) -> None:
         """Raise if a window of this trace overlaps its training region or leaves the trace."""
@@ -123,9 +135,10 @@ class SuiteEntry:
         """How tables name it, e.g. "azure-conv x2"."""
         return f"{self.region} x{self.rate_scale:g}"
 
-    def starts(self) -> list[float]:
-        """The windows' starts in the held-back region."""
-        return REGIONS[self.region].starts(self.windows, self.window_s)
+    def starts(self, arrivals: Sequence[float] = ()) -> list[float]:
+        """The windows' starts in the held-back region (moved onto traffic, given the
+        trace's arrivals)."""
+        return REGIONS[self.region].starts(self.windows, self.window_s, arrivals)
 
 
 SUITES: dict[str, tuple[SuiteEntry, ...]] = {
