@@ -28,6 +28,7 @@ from typing import Any
 from agents.cost.load import StepLoad
 from agents.cost.profile import PROFILE_DIR, load_profile, save_profile
 from agents.cost.roofline import Transformer
+from envs.config import EnvConfig
 from serving.config import PROJECT_ROOT, EngineConfig, read_model_config
 
 GPU_PROFILES = PROJECT_ROOT.parent / "shared" / "gpu-profiles"
@@ -176,7 +177,7 @@ VLLM_DEFAULTS_SOURCE = (
 GPU_MEMORY_UTILIZATION = 0.92
 """vLLM 0.32.0's default share of GPU memory for weights, activations and KV cache
 (vllm/config/cache.py, CacheConfig.gpu_memory_utilization)."""
-HEADROOM_GIB = 2
+HEADROOM_GIB = 1
 """KV-cache GiB the CPU engine gets beyond what its limits need (block rounding, lookahead)."""
 
 STEP_OVERHEAD_S = 0.000664
@@ -304,7 +305,9 @@ def engine_limits(preset: Preset) -> tuple[dict[str, int], str]:
     max_num_seqs is vLLM's default for the GPU, capped by the requests of max_model_len
     tokens the GPU's KV cache holds beside the target's and the draft's weights (so the CPU
     engine, whose cache is ample, never runs a batch the GPU could not); the token budget is
-    vLLM's default; kv_cache_gib holds max_num_seqs full-length requests of the CPU model pair.
+    vLLM's default; kv_cache_gib holds max_num_seqs of the longest requests a replay makes
+    (prompt and output clipped as EnvConfig clips them) for the CPU model pair: no more, since
+    two engines of this size share the 24 GiB machine with everything else.
     """
     defaults = VLLM_DEFAULTS[preset.gpu]
     gpu = GPUS[preset.gpu]
@@ -317,7 +320,8 @@ def engine_limits(preset: Preset) -> tuple[dict[str, int], str]:
     cpu_bytes = kv_bytes_per_token(read_model_config(cpu.model), cpu.dtype)
     cpu_bytes += kv_bytes_per_token(read_model_config(cpu.draft_model), cpu.dtype)
     max_num_seqs = min(defaults["max_num_seqs"], gpu_tokens // cpu.max_model_len)
-    need_gib = max_num_seqs * cpu.max_model_len * cpu_bytes / 2**30
+    longest = EnvConfig.max_input_tokens + EnvConfig.max_output_tokens
+    need_gib = max_num_seqs * longest * cpu_bytes / 2**30
     limits = {
         "max_num_seqs": max_num_seqs,
         "max_num_batched_tokens": defaults["max_num_batched_tokens"],
@@ -331,7 +335,8 @@ def engine_limits(preset: Preset) -> tuple[dict[str, int], str]:
         f"({(target.params + draft.params) / 1e9:.2f}B parameters), over their KV bytes per "
         f"token ({target.kv_bytes_per_token} + {draft.kv_bytes_per_token}); activations and "
         f"CUDA graphs are not subtracted. max_num_batched_tokens = vLLM's default. "
-        f"kv_cache_gib = {max_num_seqs} requests x {cpu.max_model_len} tokens x {cpu_bytes} "
+        f"kv_cache_gib = {max_num_seqs} requests x {longest} tokens (the longest prompt and "
+        f"output a replay makes) x {cpu_bytes} "
         f"bytes (the CPU target and draft in {cpu.dtype}) = {need_gib:.2f} GiB, rounded up, "
         f"+ {HEADROOM_GIB} GiB headroom. Source of the defaults: {VLLM_DEFAULTS_SOURCE}"
     )
