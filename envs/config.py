@@ -59,6 +59,10 @@ class EnvConfig:
     """The cost profile (a path or a name under checkpoints/profiles): the model clock's
     costs and the analytic controllers' predictions. None: the measured table of the
     engine's method."""
+    twin: bool = False
+    """Run on the engine's twin (`envs.twin`: vLLM's scheduling in Python, acceptance from
+    tables recorded once per workload on the live engine) instead of the live engine. Model
+    clock and greedy requests only."""
 
     def __post_init__(self) -> None:
         check_clock(self.clock)
@@ -74,6 +78,13 @@ class EnvConfig:
             )
         if not self.temperatures or any(not 0 <= t <= 2 for t in self.temperatures):
             raise ValueError(f"temperatures={self.temperatures} must be values in 0..2")
+        if self.twin and self.clock != "model":
+            raise ValueError("the twin runs on the model clock only: clock='model'")
+        if self.twin and any(t > 0 for t in self.temperatures):
+            raise ValueError(
+                f"temperatures={self.temperatures}: the twin replays greedy requests only "
+                f"(a sampled request's output and acceptance depend on the k schedule)"
+            )
 
     def replay_options(self, window_start_s: float) -> ReplayOptions:
         """How to cut this config's window out of the trace, starting at window_start_s."""

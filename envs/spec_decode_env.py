@@ -6,6 +6,10 @@ action as k; the clock then advances by the step's time, and jumps to the next a
 whenever the engine is idle. Observations come from the one feature builder in
 `agents.features`; the reward is `envs.reward.step_reward`.
 
+`SpecDecodeTwin-v0` is the same environment on the engine's twin (`envs.twin`): vLLM's
+scheduling in Python with acceptance recorded once per workload on the live engine, a hundred
+times faster, for training; the live engine stays the judge.
+
 On the model clock (the default) a step's time is the cost profile's price of what it
 computed, so an episode repeats to the token for a seed and a k schedule; the engine drafts
 k_max every step and the action cuts the drafts at verification, so it acts on the very step
@@ -16,7 +20,7 @@ budget of the step before). On the wall clock a step lasts what it measured.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -28,8 +32,12 @@ from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
 from envs.reward import RunningReference, step_reward
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
+from envs.twin.engine import TwinEngine
+from envs.twin.record import TableSource, TwinReplayer
 from serving.config import EngineConfig
-from serving.live_engine import LiveEngine
+
+if TYPE_CHECKING:  # imported when built: the twin's environment never imports vLLM
+    from serving.live_engine import LiveEngine
 
 
 class SpecDecodeEnv(gym.Env):
@@ -44,10 +52,14 @@ class SpecDecodeEnv(gym.Env):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
-    def __init__(self, config: EnvConfig | None = None, engine: LiveEngine | None = None):
+    def __init__(
+        self, config: EnvConfig | None = None, engine: LiveEngine | TwinEngine | None = None
+    ):
         """Load the trace and the cost profile, then build the engine (or use `engine`, which
         the caller owns). A deployment profile (gpu, roofline) sets the engine limits and
-        SLOs of the deployment it prices."""
+        SLOs of the deployment it prices. With `config.twin` the engine is a `TwinEngine`,
+        whose acceptance tables and limits come from the cache, or from a live engine built
+        on a miss (`envs.twin.record.TableSource`)."""
         config = config or EnvConfig()
         self.profile = engine_profile(config.profile, engine.config if engine else config.engine)
         engine_config, slo = deployment_limits(self.profile, config.engine, config.slo)
@@ -55,17 +67,33 @@ class SpecDecodeEnv(gym.Env):
         self.trace: Trace = load_trace(self.config.trace, self.config.trace_format)
         if len(self.trace) == 0:
             raise ValueError(f"trace {self.config.trace} has no requests")
+        if (engine is not None) and isinstance(engine, TwinEngine) != config.twin:
+            raise ValueError(
+                f"config.twin={config.twin} but the engine given is a {type(engine).__name__}"
+            )
         self._owns_engine = engine is None
-        self.engine = engine if engine is not None else LiveEngine(self.config.engine)
+        self.source = TableSource(config.engine) if config.twin else None
+        """Where a twin's acceptance tables and limits come from (None on the live engine)."""
+        if engine is None and config.twin:
+            engine = self.source.twin()
+        elif engine is None:
+            from serving.live_engine import LiveEngine
+
+            engine = LiveEngine(config.engine)
+        self.engine = engine
         if self.engine.k_max < 1:
             raise ValueError("SpecDecode-v0 needs an engine with speculation (k_max >= 1)")
         prompts = PromptFactory(self.engine.config.model, weights=self.config.prompt_styles)
-        self.replayer = WorkloadReplayer(
-            self.engine,
+        args = (
             prompts,
             self.config.slo,
             self.config.temperatures,
             self.profile.cost if self.config.clock == "model" else None,
+        )
+        self.replayer = (
+            TwinReplayer(self.engine, self.source, *args)
+            if config.twin
+            else WorkloadReplayer(self.engine, *args)
         )
         self.features = FeatureBuilder(feature_config(self.config, self.engine.config))
         self.reference = RunningReference(self.config.reward)
@@ -127,6 +155,8 @@ class SpecDecodeEnv(gym.Env):
         if self._owns_engine and getattr(self, "engine", None) is not None:
             self.engine.close()
             self.engine = None
+        if getattr(self, "source", None) is not None:
+            self.source.close()
 
     # --- internals -------------------------------------------------------------------------
 
@@ -169,3 +199,11 @@ def feature_config(config: EnvConfig, engine: EngineConfig) -> FeatureConfig:
         tpot_slo_s=config.slo.tpot_s,
         window=config.feature_window,
     )
+
+
+class SpecDecodeTwinEnv(SpecDecodeEnv):
+    """`SpecDecodeTwin-v0`: `SpecDecode-v0` on the engine's twin (same spaces, model clock)."""
+
+    def __init__(self, config: EnvConfig | None = None, engine: TwinEngine | None = None):
+        """As `SpecDecodeEnv`, with `twin` set in the config."""
+        super().__init__(replace(config or EnvConfig(), twin=True), engine)
