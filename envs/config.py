@@ -59,6 +59,11 @@ class EnvConfig:
     """The cost profile (a path or a name under checkpoints/profiles): the model clock's
     costs and the analytic controllers' predictions. None: the measured table of the
     engine's method."""
+    window_pool: int = 0
+    """0: every episode draws a fresh window and fresh prompts. n > 0: episodes replay one of
+    n windows, each with its own prompt seed, drawn when the environment is first reset (and
+    again at every reset given a seed), so the twin records n acceptance tables once and
+    reuses them."""
     twin: bool = False
     """Run on the engine's twin (`envs.twin`: vLLM's scheduling in Python, acceptance from
     tables recorded once per workload on the live engine) instead of the live engine. Model
@@ -70,6 +75,8 @@ class EnvConfig:
             raise ValueError(f"window_s={self.window_s} must be > 0")
         if self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps} must be >= 1")
+        if self.window_pool < 0:
+            raise ValueError(f"window_pool={self.window_pool} must be >= 0")
         longest = self.max_input_tokens + self.max_output_tokens
         if longest > self.engine.max_model_len:
             raise ValueError(

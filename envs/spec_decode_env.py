@@ -53,13 +53,16 @@ class SpecDecodeEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(
-        self, config: EnvConfig | None = None, engine: LiveEngine | TwinEngine | None = None
+        self,
+        config: EnvConfig | None = None,
+        engine: LiveEngine | TwinEngine | None = None,
+        source: TableSource | None = None,
     ):
         """Load the trace and the cost profile, then build the engine (or use `engine`, which
         the caller owns). A deployment profile (gpu, roofline) sets the engine limits and
         SLOs of the deployment it prices. With `config.twin` the engine is a `TwinEngine`,
-        whose acceptance tables and limits come from the cache, or from a live engine built
-        on a miss (`envs.twin.record.TableSource`)."""
+        whose acceptance tables and limits come from `source` (which the caller owns), by
+        default from the cache under runs/cache, recorded on a live engine built on a miss."""
         config = config or EnvConfig()
         self.profile = engine_profile(config.profile, engine.config if engine else config.engine)
         engine_config, slo = deployment_limits(self.profile, config.engine, config.slo)
@@ -72,7 +75,12 @@ class SpecDecodeEnv(gym.Env):
                 f"config.twin={config.twin} but the engine given is a {type(engine).__name__}"
             )
         self._owns_engine = engine is None
-        self.source = TableSource(config.engine) if config.twin else None
+        self._owns_source = source is None
+        if config.twin and source is None:
+            source = TableSource(config.engine)
+        if source is not None and source.config != config.engine:
+            raise ValueError("the table source is for another engine config than the env's")
+        self.source = source
         """Where a twin's acceptance tables and limits come from (None on the live engine)."""
         if engine is None and config.twin:
             engine = self.source.twin()
@@ -102,6 +110,7 @@ class SpecDecodeEnv(gym.Env):
         self.action_space = spaces.Discrete(self.engine.k_max + 1)
         self.observation: Observation = self.features.build()
         """The last observation, with its named fields (what analytic controllers read)."""
+        self._pool: list[tuple[Trace, int]] = []
         self._done = True
         self._closed = False
 
@@ -112,17 +121,35 @@ class SpecDecodeEnv(gym.Env):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Clear the engine, pick the episode's trace window and admit its first arrivals.
 
-        `options` may set "window_start_s" for this episode. Raises RuntimeError after close().
+        `options` may set "window_start_s" for this episode (outside any window pool). With
+        `config.window_pool` the episode replays one of the pool's windows, each with its own
+        prompts. Raises RuntimeError after close().
         """
         self._check_open("reset")
         super().reset(seed=seed)
-        workload = self._pick_window((options or {}).get("window_start_s"))
-        self.replayer.start(workload, self.np_random)
+        start = (options or {}).get("window_start_s")
+        info: dict[str, Any] = {}
+        if self.config.window_pool and start is None:
+            if seed is not None or not self._pool:
+                self._pool = [
+                    (self._pick_window(None), int(self.np_random.integers(2**31)))
+                    for _ in range(self.config.window_pool)
+                ]
+            index = int(self.np_random.integers(len(self._pool)))
+            workload, prompt_seed = self._pool[index]
+            self.replayer.start(workload, np.random.default_rng(prompt_seed))
+            info["pool_index"] = index
+        else:
+            workload = self._pick_window(start)
+            self.replayer.start(workload, self.np_random)
         self.features.reset()
         self.reference.reset()
         self._done = False
         self.observation = self.features.build(self.replayer.now)
-        return self.observation.vector, {"replay": workload.describe(), "requests": len(workload)}
+        return self.observation.vector, info | {
+            "replay": workload.describe(),
+            "requests": len(workload),
+        }
 
     def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Run one engine step with k = action: (obs, reward, terminated, truncated, info)."""
@@ -155,7 +182,7 @@ class SpecDecodeEnv(gym.Env):
         if self._owns_engine and getattr(self, "engine", None) is not None:
             self.engine.close()
             self.engine = None
-        if getattr(self, "source", None) is not None:
+        if getattr(self, "source", None) is not None and self._owns_source:
             self.source.close()
 
     # --- internals -------------------------------------------------------------------------
@@ -204,6 +231,11 @@ def feature_config(config: EnvConfig, engine: EngineConfig) -> FeatureConfig:
 class SpecDecodeTwinEnv(SpecDecodeEnv):
     """`SpecDecodeTwin-v0`: `SpecDecode-v0` on the engine's twin (same spaces, model clock)."""
 
-    def __init__(self, config: EnvConfig | None = None, engine: TwinEngine | None = None):
+    def __init__(
+        self,
+        config: EnvConfig | None = None,
+        engine: TwinEngine | None = None,
+        source: TableSource | None = None,
+    ):
         """As `SpecDecodeEnv`, with `twin` set in the config."""
-        super().__init__(replace(config or EnvConfig(), twin=True), engine)
+        super().__init__(replace(config or EnvConfig(), twin=True), engine, source)

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 CACHE_DIR = PROJECT_ROOT / "runs" / "cache"
 """Where tables (`acceptance/`) and engine limits (`twin-limits/`) are cached."""
+RECENT_TABLES = 16
+"""Tables a source keeps in memory, so episodes that revisit a window skip the file."""
 
 
 class _ProposalLog:
@@ -254,6 +256,7 @@ class TableSource:
         self.model_id = config.model_id()
         self._engine = engine
         self._owns_engine = engine is None
+        self._recent: dict[str, AcceptanceTable] = {}
         self.recorded = 0
         """Tables recorded (not found in the cache) by this source."""
 
@@ -261,12 +264,19 @@ class TableSource:
         """The acceptance table of `plan`'s requests: loaded, or recorded and saved."""
         check_greedy(plan)
         key = table_key(self.config, self.model_id, plan)
+        table = self._recent.get(key.digest)
+        if table is not None:
+            return table
         path = self.cache_dir / "acceptance" / f"{key.digest}.npz"
         if path.is_file():
-            return AcceptanceTable.load(path, expected=key)
-        table = record_table(self._live(), plan, key, description)
-        table.save(path)
-        self.recorded += 1
+            table = AcceptanceTable.load(path, expected=key)
+        else:
+            table = record_table(self._live(), plan, key, description)
+            table.save(path)
+            self.recorded += 1
+        if len(self._recent) >= RECENT_TABLES:
+            self._recent.pop(next(iter(self._recent)))
+        self._recent[key.digest] = table
         return table
 
     def limits(self) -> TwinLimits:

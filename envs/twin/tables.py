@@ -135,40 +135,30 @@ class AcceptanceTable:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def row(self, index: int) -> TableRow:
-        """Request `index`'s prompt, output and acceptance, as plain lists (fast to index)."""
-        p0, p1 = self._prompt_offsets[index], self._prompt_offsets[index + 1]
-        t0, t1 = self._token_offsets[index], self._token_offsets[index + 1]
-        a0, a1 = self._position_offsets[index], self._position_offsets[index + 1]
-        return TableRow(
-            self.request_ids[index],
-            tuple(self.prompts[p0:p1].tolist()),
-            int(self.output_len[index]),
-            self.tokens[t0:t1].tolist(),
-            self.proposed[a0:a1].tolist(),
-            self.hits[a0:a1].tolist(),
+    def rows(self) -> dict[str, TableRow]:
+        """Every request's prompt, output and acceptance, as plain lists (fast to index), by
+        request id."""
+        prompts, tokens, positions = (
+            _offsets(self.prompt_len),
+            _offsets(self.token_len),
+            _offsets(self.output_len),
         )
-
-    def index(self) -> dict[str, int]:
-        """Request id to its row number."""
-        return {rid: i for i, rid in enumerate(self.request_ids)}
-
-    @property
-    def _prompt_offsets(self) -> np.ndarray:
-        return _offsets(self.prompt_len)
-
-    @property
-    def _token_offsets(self) -> np.ndarray:
-        return _offsets(self.token_len)
-
-    @property
-    def _position_offsets(self) -> np.ndarray:
-        return _offsets(self.output_len)
+        return {
+            rid: TableRow(
+                rid,
+                tuple(self.prompts[prompts[i] : prompts[i + 1]].tolist()),
+                int(self.output_len[i]),
+                self.tokens[tokens[i] : tokens[i + 1]].tolist(),
+                self.proposed[positions[i] : positions[i + 1]].tolist(),
+                self.hits[positions[i] : positions[i + 1]].tolist(),
+            )
+            for i, rid in enumerate(self.request_ids)
+        }
 
     def acceptance_rate(self, k: int) -> float:
         """Accepted over verified drafts at a static k, over every decoding position."""
         decoding = np.ones(len(self.proposed), dtype=bool)
-        decoding[self._position_offsets[:-1]] = False  # position 0 is the prefill
+        decoding[_offsets(self.output_len)[:-1]] = False  # position 0 is the prefill
         verified = np.minimum(self.proposed[decoding], k).astype(np.int64)
         accepted = np.minimum(self.hits[decoding], k).astype(np.int64)
         return float(accepted.sum() / verified.sum()) if verified.sum() else 0.0
@@ -230,7 +220,7 @@ class AcceptanceTable:
             raise
         except Exception as err:
             raise TableError(f"acceptance table {path} is corrupt: {err}") from None
-        offsets = table._prompt_offsets
+        offsets = _offsets(table.prompt_len)
         prompts = [table.prompts[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
         if requests_digest(table.request_ids, prompts, table.output_len) != key.requests:
             raise TableError(f"acceptance table {path} is corrupt: its requests changed")
