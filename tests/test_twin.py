@@ -193,5 +193,19 @@ def test_the_twin_environment_has_the_live_spaces_and_repeats_itself(engine, tmp
     assert all(np.array_equal(a, b) for a, b in zip(twin_trail, live_trail, strict=True))
     twin.close()
     live.close()
+    engine.cost_model = None
     with pytest.raises(ValueError, match="greedy requests only"):
         EnvConfig(trace=TRACE, twin=True, temperatures=(0.0, 0.7))
+
+
+def test_a_window_pool_records_each_windows_table_once(engine, tmp_path):
+    config = EnvConfig(trace=TRACE, window_s=2.0, engine=engine.config, window_pool=2)
+    source = TableSource(engine.config, tmp_path, engine=engine)
+    env = SpecDecodeTwinEnv(config, source=source)
+    seen = set()
+    for episode in range(5):
+        _, info = env.reset(seed=11 if episode == 0 else None)
+        seen.add(info["pool_index"])
+        env.step(2)
+    assert source.recorded == len(seen) <= 2
+    env.close()
