@@ -265,7 +265,9 @@ class TwinEngine:
         for request, num_new, drafted in scheduled:
             context = request.computed - num_new
             num_tokens = request.prompt_len + request.num_outputs
-            prefilling = context < max(request.prompt_len, num_tokens - 1)
+            # vLLM's prefill boundary: the prompt, or for a resumed request all but its last
+            # token; a plain comparison is cheaper than max() in this loop.
+            prefilling = context < request.prompt_len or context < num_tokens - 1
             prefill = num_new - drafted if prefilling else 0
             prefill_tokens += prefill
             spec_tokens += drafted
@@ -275,7 +277,9 @@ class TwinEngine:
             if request.computed < num_tokens:
                 sampled = accepted = 0  # a prompt chunk short of the end samples nothing
             else:
-                accepted = min(request.hits[position], drafted) if drafted else 0
+                accepted = request.hits[position] if drafted else 0
+                if accepted > drafted:
+                    accepted = drafted
                 sampled = 1 + accepted
             done.append((request, drafted, accepted, sampled, prefill, context))
         step_time = self.cost_model.seconds(StepLoad.build(parts))

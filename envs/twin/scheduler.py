@@ -269,17 +269,19 @@ class TwinScheduler:
             request.computed -= drafted - accepted
         if not sampled:
             return False
-        room = min(
-            request.max_tokens - request.num_outputs,
-            self.limits.max_model_len - request.prompt_len - request.num_outputs,
-        )
-        request.num_outputs += min(sampled, room)
-        if sampled >= room:
-            request.status = FINISHED
-            self.free_blocks += request.blocks * self.limits.kv_groups
-            request.blocks = 0
-            return True
-        return False
+        room = request.max_tokens - request.num_outputs
+        past_limit = self.limits.max_model_len - request.prompt_len - request.num_outputs
+        if past_limit < room:
+            room = past_limit
+        if sampled < room:
+            request.num_outputs += sampled
+            return False
+        # vLLM appends token by token and stops at the length limit, trimming the rest.
+        request.num_outputs += room
+        request.status = FINISHED
+        self.free_blocks += request.blocks * self.limits.kv_groups
+        request.blocks = 0
+        return True
 
     def remove_finished(self) -> None:
         """Drop finished requests from the running list, keeping the others' order."""
