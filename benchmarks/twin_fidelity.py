@@ -11,7 +11,9 @@ from the cache under runs/cache). Per controller it prints the mean of each metr
 and the mean |twin/live - 1| over windows; then the mean absolute error over every window and
 controller of goodput, goodput under SLO and the TTFT/TPOT percentiles, whether both pick the
 same best static k per window (by goodput under SLO), and each engine's steps per second over
-all replays (recording excluded), with the speed-up.
+all replays (recording excluded), with the speed-up. With `--lookahead H` the twin also runs
+the lookahead oracle (`envs.twin.lookahead`: every k tried for H steps on a fork of the twin),
+a tighter ceiling than the myopic oracle, and prints both.
 
 Targets (issue 15): goodput under SLO within 2%, TTFT/TPOT p50 within 5%, the same best
 static k on at least 90% of windows, the twin at least 100 times faster.
@@ -32,9 +34,11 @@ from agents.registry import parse_controller
 from envs.config import EnvConfig
 from envs.replayer import plan_requests
 from envs.traces import apply_replay, load_trace
+from envs.twin.lookahead import LookaheadOracle
 from envs.twin.record import CACHE_DIR, TableSource
 from serving.config import EngineConfig
 from training.replays import Bench, bench_config
+from training.replays import replay as replay_window
 from training.suites import REGIONS
 
 METRICS = (
@@ -67,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0, help="prompt seed of every window")
     p.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    p.add_argument(
+        "--lookahead", type=int, default=0, help="horizon of the twin's lookahead oracle (0: off)"
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -104,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     source = TableSource(env.engine, args.cache_dir, engine=live.engines[True])
     twin = Bench(env, profile, twin=source)
     results = {engine: {s.name: [] for s in specs} for engine in ENGINES}
+    lookahead: list[dict] = []
     timing = {engine: {"steps": 0, "seconds": 0.0} for engine in ENGINES}
     recording = 0.0
     try:
@@ -122,11 +130,22 @@ def main(argv: list[str] | None = None) -> int:
                     timing[name]["seconds"] += time.perf_counter() - started
                     timing[name]["steps"] += replay.steps
                     results[name][spec.name].append(replay.metrics | {"steps": replay.steps})
+            if args.lookahead:
+                oracle = LookaheadOracle(twin.engines[True], args.lookahead)
+                found = replay_window(replayer, workload, args.seed, oracle, twin.features)
+                lookahead.append(found.metrics)
             print(f"window {index + 1}/{len(windows)} ({starts[index]:g} s) done", flush=True)
     finally:
         live.close()
         twin.close()
     report = fidelity(results, specs, starts)
+    if lookahead:
+        myopic = results["twin"].get("oracle", [])
+        report["lookahead"] = {
+            "horizon": args.lookahead,
+            "goodput_under_slo_tps": [m["goodput_under_slo_tps"] for m in lookahead],
+            "myopic_oracle": [m["goodput_under_slo_tps"] for m in myopic],
+        }
     report["speed"] = {
         name: t["steps"] / t["seconds"] if t["seconds"] else None for name, t in timing.items()
     } | {"tables_recorded": source.recorded, "recording_s": recording}
@@ -238,6 +257,14 @@ def format_report(report: dict, header: str) -> str:
     lines.append(
         f"tables recorded {speed['tables_recorded']} ({speed['recording_s']:.1f} s, excluded)"
     )
+    if "lookahead" in report:
+        found = report["lookahead"]
+        cells = " / ".join(f"{v:.0f}" for v in found["goodput_under_slo_tps"])
+        myopic = " / ".join(f"{v:.0f}" for v in found["myopic_oracle"]) or "not run"
+        lines.append(
+            f"twin under SLO per window: lookahead oracle ({found['horizon']} steps) {cells}; "
+            f"myopic oracle {myopic}"
+        )
     return "\n".join(lines)
 
 

@@ -404,3 +404,29 @@ def test_the_twin_environment_runs_and_repeats_on_made_up_tables():
         _, info = env.reset()
         assert info["pool_index"] in (0, 1)
     env.close()
+
+
+def test_a_fork_moves_on_its_own_and_the_lookahead_oracle_runs_on_forks():
+    from envs.twin.lookahead import LookaheadOracle
+
+    table = make_table([30, 50, 70, 90], [40, 40, 40, 40], seed=5)
+    engine, now = twin(table)
+    add_all(engine, table)
+    engine.step(2)
+    fork = engine.fork()
+    while fork.has_unfinished():
+        fork.step(4)
+    assert engine.num_unfinished == 4 and not engine.outputs
+    undisturbed, _ = twin(table)
+    add_all(undisturbed, table)
+    undisturbed.step(2)
+    assert engine.step(1).requests == undisturbed.step(1).requests
+
+    engine, now = twin(table)
+    config = FeatureConfig(k_max=4, max_num_seqs=8, max_num_batched_tokens=256,
+                           ttft_slo_s=1.0, tpot_slo_s=0.05)  # fmt: skip
+    engine.attach(LookaheadOracle(engine, horizon=3), FeatureBuilder(config))
+    add_all(engine, table)
+    records = run(engine, now)
+    assert len({r.k for r in records}) > 1
+    assert sorted(engine.outputs) == sorted(table.request_ids)

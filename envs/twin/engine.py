@@ -201,6 +201,18 @@ class TwinEngine:
             raise ValueError("per_request overrides need a global k as well")
         return self._step()
 
+    def fork(self) -> TwinEngine:
+        """A copy of this engine's state that steps on its own from here, with no controller
+        and no arrivals: what a lookahead tries each k on (`envs.twin.lookahead`)."""
+        now = self.clock()
+        twin = TwinEngine(self.config, self.limits, clock=lambda: now, cost_model=self.cost_model)
+        twin._scheduler, copies = self._scheduler.fork()
+        twin._requests = {rid: copies[id(r)] for rid, r in self._requests.items()}
+        twin._rows = self._rows
+        twin._k, twin._overrides = self._k, dict(self._overrides)
+        twin._num_steps = self._num_steps
+        return twin
+
     def warm_up(self, batch_size: int = 4, steps_per_k: int = 3) -> None:
         """Nothing to warm up: no step pays a first-use cost in the twin."""
 

@@ -152,6 +152,13 @@ class TwinRequest:
         """Prompt plus output tokens."""
         return self.prompt_len + self.num_outputs
 
+    def copy(self) -> TwinRequest:
+        """A copy whose state moves on its own (the table's lists are shared: read only)."""
+        twin = TwinRequest.__new__(TwinRequest)
+        for name in TwinRequest.__slots__:
+            setattr(twin, name, getattr(self, name))
+        return twin
+
 
 class TwinScheduler:
     """vLLM's scheduler state and decisions over `TwinRequest`s (see the module)."""
@@ -166,6 +173,16 @@ class TwinScheduler:
     def usage(self) -> float:
         """Fraction of the KV cache in use, as vLLM's block pool reports it."""
         return 1.0 - self.free_blocks / (self.limits.num_blocks - 1)
+
+    def fork(self) -> tuple[TwinScheduler, dict[int, TwinRequest]]:
+        """A copy of the scheduler's state with copies of its requests, and the copies by the
+        originals' ids."""
+        copies = {id(r): r.copy() for r in (*self.running, *self.waiting)}
+        twin = TwinScheduler(self.limits)
+        twin.running = [copies[id(r)] for r in self.running]
+        twin.waiting = deque(copies[id(r)] for r in self.waiting)
+        twin.free_blocks = self.free_blocks
+        return twin, copies
 
     def add(self, request: TwinRequest) -> None:
         """Queue a new request."""
