@@ -44,6 +44,17 @@ def plan():
 
 
 @pytest.fixture
+def ngram_engine(_engines):
+    """The session's ngram engine, for the environment tests: the wiring does not depend on
+    the method (and this checkout's draft_model profile is being re-measured)."""
+    engine, _ = _engines("ngram")
+    engine.reset()
+    yield engine
+    engine.reset()
+    engine.cost_model = None
+
+
+@pytest.fixture
 def table(engine):
     """The test window's acceptance table, recorded on the session's engine."""
     requests = plan()
@@ -162,7 +173,8 @@ def test_tables_are_cached_and_refused_for_another_engine(engine, tmp_path):
         source.table(plan_requests(workload(), prompts(), (0.8,), np.random.default_rng(0)))
 
 
-def test_the_twin_environment_has_the_live_spaces_and_repeats_itself(engine, tmp_path):
+def test_the_twin_environment_has_the_live_spaces_and_repeats_itself(ngram_engine, tmp_path):
+    engine = ngram_engine
     config = EnvConfig(
         trace=TRACE, window_s=3.0, window_start_s=0.0, engine=engine.config, max_steps=500
     )
@@ -193,12 +205,12 @@ def test_the_twin_environment_has_the_live_spaces_and_repeats_itself(engine, tmp
     assert all(np.array_equal(a, b) for a, b in zip(twin_trail, live_trail, strict=True))
     twin.close()
     live.close()
-    engine.cost_model = None
     with pytest.raises(ValueError, match="greedy requests only"):
         EnvConfig(trace=TRACE, twin=True, temperatures=(0.0, 0.7))
 
 
-def test_a_window_pool_records_each_windows_table_once(engine, tmp_path):
+def test_a_window_pool_records_each_windows_table_once(ngram_engine, tmp_path):
+    engine = ngram_engine
     config = EnvConfig(trace=TRACE, window_s=2.0, engine=engine.config, window_pool=2)
     source = TableSource(engine.config, tmp_path, engine=engine)
     env = SpecDecodeTwinEnv(config, source=source)

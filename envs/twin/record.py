@@ -67,7 +67,8 @@ class _ProposalLog:
         """Log the drafts each decoding request holds before the step."""
         for view in views:
             key = (view.request_id, view.position)
-            if len(view.drafts) > len(self.drafts.get(key, ())):
+            held = self.drafts.get(key)
+            if held is None or len(view.drafts) > len(held):
                 self.drafts[key] = view.drafts
 
     def decide(self, obs: Observation) -> Decision:
