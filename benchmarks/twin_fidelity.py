@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated (default: static:0..k_max, goodput, oracle)",
     )
     p.add_argument("--seed", type=int, default=0, help="prompt seed of every window")
+    p.add_argument(
+        "--kv-cache-gib",
+        type=int,
+        default=None,
+        help="the live engine's KV cache (default: the profile's); the twin reads its blocks",
+    )
     p.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     p.add_argument(
         "--lookahead", type=int, default=0, help="horizon of the twin's lookahead oracle (0: off)"
@@ -91,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         env, profile = bench_config(env)
+        if args.kv_cache_gib is not None:
+            env = replace(env, engine=replace(env.engine, kv_cache_gib=args.kv_cache_gib))
         k_max = env.engine.k_max
         names = args.controllers or ",".join(
             [f"static:{k}" for k in range(k_max + 1)] + ["goodput", "oracle"]
@@ -152,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"twin fidelity: {args.method}, profile {profile.describe()}, {args.trace} "
         f"x{args.rate_scale:g}, {len(windows)} windows of {args.window_s:g} s, engine "
-        f"max_num_seqs {env.engine.max_num_seqs}, budget {env.engine.max_num_batched_tokens}"
+        f"max_num_seqs {env.engine.max_num_seqs}, budget {env.engine.max_num_batched_tokens}, "
+        f"KV cache {env.engine.kv_cache_gib} GiB ({source.limits().num_blocks} blocks of "
+        f"{source.limits().block_size} tokens)"
     )
     print(format_report(report, header))
     if args.json:
