@@ -101,7 +101,7 @@ def features_of(engine) -> FeatureConfig:
 
 
 def test_tables_give_every_live_steps_proposals_and_acceptance(engine, table):
-    rows = table.rows()
+    rows = table.rows
     live = WorkloadReplayer(engine, prompts(), SLO(), (0.0,), COST)
     records = replay(live, k=schedule)
     checked = 0

@@ -83,7 +83,7 @@ def twin(table, lim=None, config=CONFIG) -> tuple[TwinEngine, list[float]]:
 
 
 def add_all(engine, table, arrival=0.0):
-    for rid, row in table.rows().items():
+    for rid, row in table.rows.items():
         engine.add_request(rid, list(row.prompt), row.output_len, arrival_time=arrival)
 
 
@@ -187,7 +187,7 @@ def test_admission_needs_blocks_for_the_whole_known_sequence():
 
 def test_acceptance_comes_from_the_table_at_each_position():
     table = make_table([20, 40, 60], [30, 30, 30], seed=1)
-    rows = table.rows()
+    rows = table.rows
     engine, now = twin(table)
     add_all(engine, table)
     records = run(engine, now, schedule=lambda step: step % 5)
@@ -224,7 +224,7 @@ def test_per_request_k_overrides_the_global_k():
 
 def test_the_oracle_sees_drafts_that_reproduce_the_tables_hits():
     table = make_table([20, 30, 40, 50], [25, 25, 25, 25], seed=4)
-    rows = table.rows()
+    rows = table.rows
     engine, now = twin(table)
     outputs = {rid: row.tokens[: row.output_len] for rid, row in rows.items()}
     oracle = StepOracle(COST, 4, outputs, max_num_batched_tokens=256)
@@ -255,7 +255,7 @@ def test_the_oracle_sees_drafts_that_reproduce_the_tables_hits():
 def test_sampled_and_unknown_requests_are_refused():
     table = make_table([20], [10])
     engine, _ = twin(table)
-    row = table.rows()["req-0"]
+    row = table.rows["req-0"]
     with pytest.raises(ValueError, match="greedy requests only"):
         engine.add_request("req-0", list(row.prompt), 10, temperature=0.7)
     with pytest.raises(TableError, match="not in the loaded acceptance table"):
@@ -306,7 +306,7 @@ def test_tables_round_trip_and_refuse_another_key_or_a_corrupt_file(tmp_path):
     path = table.save(tmp_path / f"{table.key.digest}.npz")
     loaded = AcceptanceTable.load(path, expected=table.key)
     assert loaded.key == table.key
-    assert loaded.rows() == table.rows()
+    assert loaded.rows == table.rows
 
     for field, value in (("model_id", "other"), ("method", "draft_model"), ("k_max", 3)):
         other = replace(table.key, **{field: value})

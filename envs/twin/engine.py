@@ -120,7 +120,7 @@ class TwinEngine:
         ]
         if differs:
             raise TableError(f"acceptance table for another engine ({'; '.join(differs)})")
-        self._rows = table.rows()
+        self._rows = table.rows
 
     def add_request(
         self,

@@ -317,14 +317,25 @@ class TwinReplayer(WorkloadReplayer):
         """`args` and `kwargs` as `WorkloadReplayer` takes them after the engine."""
         super().__init__(engine, *args, **kwargs)
         self.source = source
+        self._recent: dict[tuple, AcceptanceTable] = {}
 
     def start(self, workload: Trace, rng: np.random.Generator) -> None:
         """Load the table of the requests this replay will add (drawn ahead from a copy of
         rng, as the replay draws them), then start as the live replayer does."""
         if self.engine.k_max and len(workload):
-            plan = plan_requests(workload, self.prompts, self.temperatures, copy.deepcopy(rng))
-            description = json.dumps(workload.describe(), default=str)
-            self.engine.load(self.source.table(plan, description))
+            # The same requests from the same generator state draw the same prompts: a
+            # window replayed again (another controller, a pooled episode) skips the draws.
+            state = json.dumps(rng.bit_generator.state, sort_keys=True)
+            key = (workload.source, workload.requests, state)
+            table = self._recent.get(key)
+            if table is None:
+                plan = plan_requests(workload, self.prompts, self.temperatures, copy.deepcopy(rng))
+                description = json.dumps(workload.describe(), default=str)
+                table = self.source.table(plan, description)
+                if len(self._recent) >= RECENT_TABLES:
+                    self._recent.pop(next(iter(self._recent)))
+                self._recent[key] = table
+            self.engine.load(table)
         super().start(workload, rng)
 
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
@@ -135,9 +136,10 @@ class AcceptanceTable:
 
     # --- reading ---------------------------------------------------------------------------
 
+    @cached_property
     def rows(self) -> dict[str, TableRow]:
         """Every request's prompt, output and acceptance, as plain lists (fast to index), by
-        request id."""
+        request id (built once per table)."""
         prompts, tokens, positions = (
             _offsets(self.prompt_len),
             _offsets(self.token_len),
