@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     live = Bench(env, profile)
     source = TableSource(env.engine, args.cache_dir, engine=live.engines[True])
     twin = Bench(env, profile, twin=source)
+    limits = source.limits()
     results = {engine: {s.name: [] for s in specs} for engine in ENGINES}
     lookahead: list[dict] = []
+    lookahead_preemptions = 0
     timing = {engine: {"steps": 0, "seconds": 0.0} for engine in ENGINES}
     recording = 0.0
     try:
@@ -140,13 +142,14 @@ def main(argv: list[str] | None = None) -> int:
                     timing[name]["steps"] += replay.steps
                     results[name][spec.name].append(replay.metrics | {"steps": replay.steps})
             if args.lookahead:
-                oracle = LookaheadOracle(twin.engines[True], args.lookahead)
+                before = replayer.engine.preemptions
+                oracle = LookaheadOracle(replayer.engine, args.lookahead)
                 found = replay_window(replayer, workload, args.seed, oracle, twin.features)
                 lookahead.append(found.metrics)
+                lookahead_preemptions += replayer.engine.preemptions - before
             print(f"window {index + 1}/{len(windows)} ({starts[index]:g} s) done", flush=True)
     finally:
         live.close()
-        twin.close()
     report = fidelity(results, specs, starts)
     if lookahead:
         myopic = results["twin"].get("oracle", [])
@@ -158,12 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     report["speed"] = {
         name: t["steps"] / t["seconds"] if t["seconds"] else None for name, t in timing.items()
     } | {"tables_recorded": source.recorded, "recording_s": recording}
+    # Requests the twin preempted in the replays compared (KV-cache pressure), not counting
+    # the lookahead oracle's.
+    report["twin_preemptions"] = twin.engines[True].preemptions - lookahead_preemptions
+    twin.close()
     header = (
         f"twin fidelity: {args.method}, profile {profile.describe()}, {args.trace} "
         f"x{args.rate_scale:g}, {len(windows)} windows of {args.window_s:g} s, engine "
         f"max_num_seqs {env.engine.max_num_seqs}, budget {env.engine.max_num_batched_tokens}, "
-        f"KV cache {env.engine.kv_cache_gib} GiB ({source.limits().num_blocks} blocks of "
-        f"{source.limits().block_size} tokens)"
+        f"KV cache {env.engine.kv_cache_gib} GiB ({limits.num_blocks} blocks of "
+        f"{limits.block_size} tokens)"
     )
     print(format_report(report, header))
     if args.json:
@@ -268,6 +275,7 @@ def format_report(report: dict, header: str) -> str:
     lines.append(
         f"tables recorded {speed['tables_recorded']} ({speed['recording_s']:.1f} s, excluded)"
     )
+    lines.append(f"requests preempted in the twin's replays: {report['twin_preemptions']}")
     if "lookahead" in report:
         found = report["lookahead"]
         cells = " / ".join(f"{v:.0f}" for v in found["goodput_under_slo_tps"])

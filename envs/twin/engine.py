@@ -94,6 +94,11 @@ class TwinEngine:
         """Requests added and not yet finished (running or waiting)."""
         return len(self._requests)
 
+    @property
+    def preemptions(self) -> int:
+        """Requests preempted (to recompute) since the engine was built."""
+        return self._scheduler.preemptions
+
     def has_unfinished(self) -> bool:
         """Whether any request is still running or waiting."""
         return bool(self._requests)

@@ -168,6 +168,8 @@ class TwinScheduler:
         self.running: list[TwinRequest] = []
         self.waiting: deque[TwinRequest] = deque()
         self.free_blocks = limits.num_blocks - 1  # vLLM keeps block 0 as its null block
+        self.preemptions = 0
+        """Requests preempted so far."""
 
     @property
     def usage(self) -> float:
@@ -345,3 +347,4 @@ class TwinScheduler:
         request.spec = 0
         request.status = PREEMPTED
         self.waiting.appendleft(request)
+        self.preemptions += 1
