@@ -118,7 +118,7 @@ def test_tables_give_every_live_steps_proposals_and_acceptance(engine, table):
     assert {r.k for r in records} == set(range(engine.k_max + 1))
     # The table's outputs are the live outputs (recorded past the end, then cut).
     assert engine.outputs == {rid: row.tokens[: row.output_len] for rid, row in rows.items()}
-    assert table.acceptance_rate(engine.k_max) > 0
+    assert table.hits.sum() > 0
 
 
 def test_the_twin_repeats_a_live_window_step_by_step(engine, table):

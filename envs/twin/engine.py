@@ -67,12 +67,8 @@ class TwinEngine:
         """What prices each step (the twin runs on the model clock only)."""
         self.controller: Controller | None = None
         self.features: FeatureBuilder | None = None
-        self.last_record: StepRecord | None = None
-        """The last step's record."""
         self.outputs: dict[str, list[int]] = {}
         """Generated token ids of every finished request, by request id."""
-        self.startup_seconds = 0.0
-        """Nothing to load: the live engine's startup time, for comparisons."""
         self._scheduler = TwinScheduler(limits)
         self._rows: dict[str, TableRow] = {}
         self._requests: dict[str, TwinRequest] = {}
@@ -369,7 +365,6 @@ class TwinEngine:
         )
         self._num_steps += 1
         self._num_arrived = 0
-        self.last_record = record
         if self.controller is not None:
             self.features.update(record)
             self.controller.observe(record)

@@ -88,7 +88,7 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays do not compare as one truth value
 class AcceptanceTable:
     """Per request of a workload: its prompt, its greedy output, and its acceptance per
     position. Ragged arrays are stored flat, request after request."""
@@ -156,14 +156,6 @@ class AcceptanceTable:
             )
             for i, rid in enumerate(self.request_ids)
         }
-
-    def acceptance_rate(self, k: int) -> float:
-        """Accepted over verified drafts at a static k, over every decoding position."""
-        decoding = np.ones(len(self.proposed), dtype=bool)
-        decoding[_offsets(self.output_len)[:-1]] = False  # position 0 is the prefill
-        verified = np.minimum(self.proposed[decoding], k).astype(np.int64)
-        accepted = np.minimum(self.hits[decoding], k).astype(np.int64)
-        return float(accepted.sum() / verified.sum()) if verified.sum() else 0.0
 
     # --- files -----------------------------------------------------------------------------
 
