@@ -6,7 +6,8 @@ tables recorded on the live engine, steps priced by the same cost models.
 - `engine`: `TwinEngine`, the live engine's interface (the scheduler hook's behaviour on the
   model clock) over the two;
 - `record`: recording tables and engine limits from a live engine, cached on disk, and the
-  replayer that loads each workload's table.
+  replayer that loads each workload's table;
+- `lookahead`: an oracle that tries every k for a few steps on forks of the twin.
 
 Everything the twin runs is pure Python and numpy; only recording builds a live engine.
 """
