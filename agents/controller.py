@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -41,3 +42,13 @@ class Controller(Protocol):
     def observe(self, record: StepRecord) -> None:
         """Take in what the step just run did (acceptance, timing, finished requests)."""
         ...
+
+
+def check_k(k: int, k_max: int, what: str = "k") -> int:
+    """Return k as an int if it is a whole number in 0..k_max, else raise naming the limit."""
+    # numpy integers from a policy's action are fine; bools, floats and strings are not.
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"{what} must be an integer, got {k!r}")
+    if not 0 <= k <= k_max:
+        raise ValueError(f"{what}={k} is outside 0..k_max={k_max}")
+    return int(k)

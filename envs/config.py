@@ -59,6 +59,15 @@ class EnvConfig:
     """The cost profile (a path or a name under checkpoints/profiles): the model clock's
     costs and the analytic controllers' predictions. None: the measured table of the
     engine's method."""
+    window_pool: int = 0
+    """0: every episode draws a fresh window and fresh prompts. n > 0: episodes replay one of
+    n windows, each with its own prompt seed, drawn when the environment is first reset (and
+    again at every reset given a seed), so the twin records n acceptance tables once and
+    reuses them."""
+    twin: bool = False
+    """Run on the engine's twin (`envs.twin`: vLLM's scheduling in Python, acceptance from
+    tables recorded once per workload on the live engine) instead of the live engine. Model
+    clock and greedy requests only."""
 
     def __post_init__(self) -> None:
         check_clock(self.clock)
@@ -71,6 +80,8 @@ class EnvConfig:
             raise ValueError(f"window_s={self.window_s} must be > 0")
         if self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps} must be >= 1")
+        if self.window_pool < 0:
+            raise ValueError(f"window_pool={self.window_pool} must be >= 0")
         longest = self.max_input_tokens + self.max_output_tokens
         if longest > self.engine.max_model_len:
             raise ValueError(
@@ -79,6 +90,13 @@ class EnvConfig:
             )
         if not self.temperatures or any(not 0 <= t <= 2 for t in self.temperatures):
             raise ValueError(f"temperatures={self.temperatures} must be values in 0..2")
+        if self.twin and self.clock != "model":
+            raise ValueError("the twin runs on the model clock only: clock='model'")
+        if self.twin and any(t > 0 for t in self.temperatures):
+            raise ValueError(
+                f"temperatures={self.temperatures}: the twin replays greedy requests only "
+                f"(a sampled request's output and acceptance depend on the k schedule)"
+            )
 
     def replay_options(self, window_start_s: float) -> ReplayOptions:
         """How to cut this config's window out of the trace, starting at window_start_s."""

@@ -7,14 +7,66 @@ the scheduler hook picks k, as in serving), so both replay requests the same way
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from agents.cost import CostModel
 from agents.records import StepRecord
 from envs.ledger import SLO, RequestLedger, Violations
-from envs.traces import PromptFactory, Trace
-from serving.live_engine import LiveEngine
+from envs.traces import PromptFactory, Trace, TraceRequest
+
+if TYPE_CHECKING:  # the twin replays without importing vLLM
+    from serving.live_engine import LiveEngine
+
+
+class PlannedRequest(NamedTuple):
+    """A workload request as a replay adds it to the engine."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    output_tokens: int
+    arrival_s: float
+    temperature: float
+    seed: int | None
+
+
+def draw_request(
+    index: int,
+    request: TraceRequest,
+    prompts: PromptFactory,
+    temperatures: Sequence[float],
+    rng: np.random.Generator,
+) -> PlannedRequest:
+    """The `index`-th request of a workload, its prompt and temperature drawn from rng.
+
+    The one place these draws happen: a replay makes them as requests arrive, and the twin
+    makes the same ones ahead of a replay (from a copy of its generator) to find the
+    acceptance tables of the prompts the replay will add.
+    """
+    prompt = prompts.make(request.input_tokens, rng=rng)
+    temperature = temperatures[int(rng.integers(len(temperatures)))]
+    return PlannedRequest(
+        f"req-{index}",
+        tuple(prompt.token_ids),
+        request.output_tokens,
+        request.arrival_s,
+        temperature,
+        int(rng.integers(2**31)) if temperature > 0 else None,
+    )
+
+
+def plan_requests(
+    workload: Trace,
+    prompts: PromptFactory,
+    temperatures: Sequence[float],
+    rng: np.random.Generator,
+) -> list[PlannedRequest]:
+    """Every request a replay of `workload` adds, drawn from rng in the replay's order."""
+    return [
+        draw_request(i, request, prompts, temperatures, rng)
+        for i, request in enumerate(workload.requests)
+    ]
 
 
 class WorkloadReplayer:
@@ -88,17 +140,16 @@ class WorkloadReplayer:
         if not self.engine.has_unfinished() and self._next < len(requests):
             self.now = max(self.now, requests[self._next].arrival_s)
         while self._next < len(requests) and requests[self._next].arrival_s <= self.now:
-            request = requests[self._next]
-            rid = f"req-{self._next}"
-            prompt = self.prompts.make(request.input_tokens, rng=self._rng)
-            temperature = self.temperatures[int(self._rng.integers(len(self.temperatures)))]
-            self.engine.add_request(
-                rid,
-                prompt.token_ids,
-                request.output_tokens,
-                arrival_time=request.arrival_s,
-                temperature=temperature,
-                seed=int(self._rng.integers(2**31)) if temperature > 0 else None,
+            planned = draw_request(
+                self._next, requests[self._next], self.prompts, self.temperatures, self._rng
             )
-            self.ledger.arrive(rid, request.arrival_s, request.output_tokens)
+            self.engine.add_request(
+                planned.request_id,
+                list(planned.prompt_token_ids),
+                planned.output_tokens,
+                arrival_time=planned.arrival_s,
+                temperature=planned.temperature,
+                seed=planned.seed,
+            )
+            self.ledger.arrive(planned.request_id, planned.arrival_s, planned.output_tokens)
             self._next += 1

@@ -6,6 +6,10 @@ action as k; the clock then advances by the step's time, and jumps to the next a
 whenever the engine is idle. Observations come from the one feature builder in
 `agents.features`; the reward is `envs.reward.step_reward`.
 
+`SpecDecodeTwin-v0` is the same environment on the engine's twin (`envs.twin`): vLLM's
+scheduling in Python with acceptance recorded once per workload on the live engine, a hundred
+times faster, for training; the live engine stays the judge.
+
 On the model clock (the default) a step's time is the cost profile's price of what it
 computed, so an episode repeats to the token for a seed and a k schedule; the engine drafts
 k_max every step and the action cuts the drafts at verification, so it acts on the very step
@@ -16,7 +20,7 @@ budget of the step before). On the wall clock a step lasts what it measured.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -29,8 +33,12 @@ from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
 from envs.reward import RunningReference, counterfactual, step_reward
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
+from envs.twin.engine import TwinEngine
+from envs.twin.record import TableSource, TwinReplayer
 from serving.config import EngineConfig
-from serving.live_engine import LiveEngine
+
+if TYPE_CHECKING:  # imported when built: the twin's environment never imports vLLM
+    from serving.live_engine import LiveEngine
 
 
 class SpecDecodeEnv(gym.Env):
@@ -45,10 +53,17 @@ class SpecDecodeEnv(gym.Env):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
-    def __init__(self, config: EnvConfig | None = None, engine: LiveEngine | None = None):
+    def __init__(
+        self,
+        config: EnvConfig | None = None,
+        engine: LiveEngine | TwinEngine | None = None,
+        source: TableSource | None = None,
+    ):
         """Load the trace and the cost profile, then build the engine (or use `engine`, which
         the caller owns). A deployment profile (gpu, roofline) sets the engine limits and
-        SLOs of the deployment it prices."""
+        SLOs of the deployment it prices. With `config.twin` the engine is a `TwinEngine`,
+        whose acceptance tables and limits come from `source` (which the caller owns), by
+        default from the cache under runs/cache, recorded on a live engine built on a miss."""
         config = config or EnvConfig()
         self.profile = engine_profile(config.profile, engine.config if engine else config.engine)
         engine_config, slo = deployment_limits(self.profile, config.engine, config.slo)
@@ -56,17 +71,38 @@ class SpecDecodeEnv(gym.Env):
         self.trace: Trace = load_trace(self.config.trace, self.config.trace_format)
         if len(self.trace) == 0:
             raise ValueError(f"trace {self.config.trace} has no requests")
+        if (engine is not None) and isinstance(engine, TwinEngine) != config.twin:
+            raise ValueError(
+                f"config.twin={config.twin} but the engine given is a {type(engine).__name__}"
+            )
         self._owns_engine = engine is None
-        self.engine = engine if engine is not None else LiveEngine(self.config.engine)
+        self._owns_source = source is None
+        if config.twin and source is None:
+            source = TableSource(config.engine)
+        if source is not None and source.config != config.engine:
+            raise ValueError("the table source is for another engine config than the env's")
+        self.source = source
+        """Where a twin's acceptance tables and limits come from (None on the live engine)."""
+        if engine is None and config.twin:
+            engine = self.source.twin()
+        elif engine is None:
+            from serving.live_engine import LiveEngine
+
+            engine = LiveEngine(config.engine)
+        self.engine = engine
         if self.engine.k_max < 1:
             raise ValueError("SpecDecode-v0 needs an engine with speculation (k_max >= 1)")
         prompts = PromptFactory(self.engine.config.model, weights=self.config.prompt_styles)
-        self.replayer = WorkloadReplayer(
-            self.engine,
+        args = (
             prompts,
             self.config.slo,
             self.config.temperatures,
             self.profile.cost if self.config.clock == "model" else None,
+        )
+        self.replayer = (
+            TwinReplayer(self.engine, self.source, *args)
+            if config.twin
+            else WorkloadReplayer(self.engine, *args)
         )
         self.features = FeatureBuilder(feature_config(self.config, self.engine.config))
         self.reference = RunningReference(self.config.reward)
@@ -82,6 +118,7 @@ class SpecDecodeEnv(gym.Env):
         self.action_space = spaces.Discrete(self.engine.k_max + 1)
         self.observation: Observation = self.features.build()
         """The last observation, with its named fields (what analytic controllers read)."""
+        self._pool: list[tuple[Trace, int]] = []
         self._done = True
         self._closed = False
 
@@ -92,19 +129,37 @@ class SpecDecodeEnv(gym.Env):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Clear the engine, pick the episode's trace window and admit its first arrivals.
 
-        `options` may set "window_start_s" for this episode. Raises RuntimeError after close().
+        `options` may set "window_start_s" for this episode (outside any window pool). With
+        `config.window_pool` the episode replays one of the pool's windows, each with its own
+        prompts. Raises RuntimeError after close().
         """
         self._check_open("reset")
         super().reset(seed=seed)
-        workload = self._pick_window((options or {}).get("window_start_s"))
-        self.replayer.start(workload, self.np_random)
+        start = (options or {}).get("window_start_s")
+        info: dict[str, Any] = {}
+        if self.config.window_pool and start is None:
+            if seed is not None or not self._pool:
+                self._pool = [
+                    (self._pick_window(None), int(self.np_random.integers(2**31)))
+                    for _ in range(self.config.window_pool)
+                ]
+            index = int(self.np_random.integers(len(self._pool)))
+            workload, prompt_seed = self._pool[index]
+            self.replayer.start(workload, np.random.default_rng(prompt_seed))
+            info["pool_index"] = index
+        else:
+            workload = self._pick_window(start)
+            self.replayer.start(workload, self.np_random)
         self.features.reset()
         self.reference.reset()
         if self.baseline is not None:
             self.baseline.reset()
         self._done = False
         self.observation = self.features.build(self.replayer.now)
-        return self.observation.vector, {"replay": workload.describe(), "requests": len(workload)}
+        return self.observation.vector, info | {
+            "replay": workload.describe(),
+            "requests": len(workload),
+        }
 
     def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Run one engine step with k = action: (obs, reward, terminated, truncated, info)."""
@@ -145,6 +200,8 @@ class SpecDecodeEnv(gym.Env):
         if self._owns_engine and getattr(self, "engine", None) is not None:
             self.engine.close()
             self.engine = None
+        if getattr(self, "source", None) is not None and self._owns_source:
+            self.source.close()
 
     # --- internals -------------------------------------------------------------------------
 
@@ -187,3 +244,16 @@ def feature_config(config: EnvConfig, engine: EngineConfig) -> FeatureConfig:
         tpot_slo_s=config.slo.tpot_s,
         window=config.feature_window,
     )
+
+
+class SpecDecodeTwinEnv(SpecDecodeEnv):
+    """`SpecDecodeTwin-v0`: `SpecDecode-v0` on the engine's twin (same spaces, model clock)."""
+
+    def __init__(
+        self,
+        config: EnvConfig | None = None,
+        engine: TwinEngine | None = None,
+        source: TableSource | None = None,
+    ):
+        """As `SpecDecodeEnv`, with `twin` set in the config."""
+        super().__init__(replace(config or EnvConfig(), twin=True), engine, source)

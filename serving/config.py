@@ -96,6 +96,25 @@ class EngineConfig:
             spec["model"] = self.draft_model
         return spec
 
+    def check_request(self, request_id: str, prompt_tokens: int, output_tokens: int) -> None:
+        """Raise ValueError (TypeError for a non-int output length) for a request this engine
+        cannot run: an empty id or prompt, no output, or more than max_model_len tokens."""
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
+        if prompt_tokens == 0:
+            raise ValueError(f"request {request_id!r}: the prompt is empty")
+        if isinstance(output_tokens, bool) or not isinstance(output_tokens, int):
+            raise TypeError(f"request {request_id!r}: output_tokens must be an int")
+        if output_tokens < 1:
+            raise ValueError(f"request {request_id!r}: output_tokens={output_tokens} must be >= 1")
+        total = prompt_tokens + output_tokens
+        if total > self.max_model_len:
+            raise ValueError(
+                f"request {request_id!r}: prompt of {prompt_tokens} tokens plus "
+                f"{output_tokens} output tokens = {total} exceeds "
+                f"max_model_len={self.max_model_len}"
+            )
+
     def model_id(self) -> str:
         """Content hash of the models this engine serves (and its draft, for draft_model)."""
         folders = [self.model] + ([self.draft_model] if self.method == "draft_model" else [])

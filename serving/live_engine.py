@@ -260,23 +260,9 @@ class LiveEngine:
     def _check_request(
         self, request_id: str, prompt_token_ids: Sequence[int], output_tokens: int
     ) -> None:
-        if not isinstance(request_id, str) or not request_id:
-            raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
+        self.config.check_request(request_id, len(prompt_token_ids), output_tokens)
         if request_id in self._internal:
             raise ValueError(f"request_id {request_id!r} is already running")
-        if len(prompt_token_ids) == 0:
-            raise ValueError(f"request {request_id!r}: the prompt is empty")
-        if isinstance(output_tokens, bool) or not isinstance(output_tokens, int):
-            raise TypeError(f"request {request_id!r}: output_tokens must be an int")
-        if output_tokens < 1:
-            raise ValueError(f"request {request_id!r}: output_tokens={output_tokens} must be >= 1")
-        total = len(prompt_token_ids) + output_tokens
-        if total > self.config.max_model_len:
-            raise ValueError(
-                f"request {request_id!r}: prompt of {len(prompt_token_ids)} tokens plus "
-                f"{output_tokens} output tokens = {total} exceeds "
-                f"max_model_len={self.config.max_model_len}"
-            )
         low, high = min(prompt_token_ids), max(prompt_token_ids)
         if low < 0 or high >= self._vocab_size:
             bad = low if low < 0 else high

@@ -35,7 +35,6 @@ This module is the only place that reads vLLM's scheduler internals (pinned: vll
 
 from __future__ import annotations
 
-import numbers
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -44,23 +43,13 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 
-from agents.controller import Controller, Decision
+from agents.controller import Controller, Decision, check_k
 from agents.cost import CostModel, StepLoad
 from agents.features import FeatureBuilder
 from agents.oracle import DraftView
 from agents.records import FinishedRequest, RequestStep, StepRecord
 
 StepListener = Callable[[StepRecord], None]
-
-
-def check_k(k: int, k_max: int, what: str = "k") -> int:
-    """Return k as an int if it is a whole number in 0..k_max, else raise naming the limit."""
-    # numpy integers from a policy's action are fine; bools, floats and strings are not.
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"{what} must be an integer, got {k!r}")
-    if not 0 <= k <= k_max:
-        raise ValueError(f"{what}={k} is outside 0..k_max={k_max}")
-    return int(k)
 
 
 ASYNC_REFUSED = (

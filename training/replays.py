@@ -4,13 +4,14 @@ The evaluation, the landscape, the clock-fidelity benchmark and the training-tim
 all replay trace windows through live engines with controllers inside the scheduler hook, as
 serving runs them. A `Bench` holds what that takes: the speculating engine (and a plain one
 for `nospec`, which runs no speculation at all), their replayers on the chosen clock, and the
-cost profile the analytic controllers (and, in model time, the clock) use.
+cost profile the analytic controllers (and, in model time, the clock) use. A twin bench
+replays on the engine's twin (`envs.twin`) instead, in model time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,7 +24,11 @@ from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
 from envs.spec_decode_env import feature_config
 from envs.traces import PromptFactory, Trace
-from serving.live_engine import LiveEngine
+from envs.twin.engine import TwinEngine
+from envs.twin.record import TableSource, TwinReplayer
+
+if TYPE_CHECKING:  # a twin bench never imports vLLM
+    from serving.live_engine import LiveEngine
 
 TIMELINE = ("t", "k", "batch", "queue", "goodput")
 """What a replay's timeline holds per step: end time, k, batch size, queue depth, goodput."""
@@ -91,9 +96,22 @@ def bench_config(env: EnvConfig) -> tuple[EnvConfig, Profile]:
 class Bench:
     """Engines and replayers for replaying workloads under any controller on one clock."""
 
-    def __init__(self, env: EnvConfig, profile: Profile, *, plain: bool = False) -> None:
+    def __init__(
+        self,
+        env: EnvConfig,
+        profile: Profile,
+        *,
+        plain: bool = False,
+        twin: TableSource | None = None,
+    ) -> None:
         """Build the speculating engine (and, with `plain`, one without speculation) for
-        `env`, as `bench_config` returned it, and warm them up."""
+        `env`, as `bench_config` returned it, and warm them up.
+
+        With `twin`, the speculating engine is a twin whose tables and limits come from that
+        source (model clock only; the twin does not model the plain engine).
+        """
+        if twin is not None and (plain or env.clock != "model"):
+            raise ValueError("a twin bench runs the speculating engine on the model clock only")
         self.env = env
         self.profile = profile
         self.features = feature_config(env, env.engine)
@@ -113,9 +131,18 @@ class Bench:
             else (profile if speculates else engine_profile(env.profile, config)).cost
             for speculates, config in configs.items()
         }
-        self.engines: dict[bool, LiveEngine] = {}
+        self.engines: dict[bool, LiveEngine | TwinEngine] = {}
         self.replayers: dict[bool, WorkloadReplayer] = {}
+        if twin is not None:
+            self.engines[True] = engine = twin.twin()
+            self.replayers[True] = TwinReplayer(
+                engine, twin, prompts, env.slo, env.temperatures, profile.cost
+            )
         for speculates, config in configs.items():
+            if speculates in self.engines:
+                continue
+            from serving.live_engine import LiveEngine
+
             engine = LiveEngine(config)
             engine.warm_up()
             self.engines[speculates] = engine

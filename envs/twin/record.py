@@ -1,0 +1,348 @@
+"""Recording what the twin needs from the live engine, once, and caching it on disk.
+
+- Acceptance tables (`envs.twin.tables`): the live engine replays a workload's requests at
+  k = 0 on the model clock, all added at once (arrival times do not change greedy outputs or
+  drafts), so every request advances one token per step and visits every output position.
+  The hook drafts k_max every step on the model clock, and a controller with `peek` sees
+  every decoding request's whole proposal before each step; comparing each proposal with the
+  request's final output gives `proposed[p]` and `hits[p]` exactly. Each request is run k_max
+  tokens past its output length (within max_model_len), so drafts that reach past the end are
+  checked against what the target would have produced there, as the live engine checks them.
+- Engine limits (`envs.twin.scheduler.TwinLimits`): read from a live engine's scheduler, once
+  per engine config (KV blocks depend on the models and the cache size).
+
+Both are cached under `runs/cache/` (not in git), keyed by content hashes; a live engine is
+built only on a miss. `TwinReplayer` is the workload replayer of a twin: before a replay it
+draws the replay's prompts ahead (from a copy of its generator) and loads their table.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from agents.controller import Decision
+from agents.cost import StepLoad
+from agents.features import FeatureBuilder, FeatureConfig, Observation
+from agents.oracle import DraftView, accepted
+from agents.records import StepRecord
+from envs.replayer import PlannedRequest, WorkloadReplayer, plan_requests
+from envs.traces import Trace
+from envs.twin.engine import TwinEngine
+from envs.twin.scheduler import TwinLimits
+from envs.twin.tables import AcceptanceTable, TableError, TableKey, requests_digest
+from serving.config import PROJECT_ROOT, EngineConfig
+
+if TYPE_CHECKING:
+    from serving.live_engine import LiveEngine
+
+CACHE_DIR = PROJECT_ROOT / "runs" / "cache"
+"""Where tables (`acceptance/`) and engine limits (`twin-limits/`) are cached."""
+RECENT_TABLES = 16
+"""Tables a source keeps in memory, so episodes that revisit a window skip the file."""
+
+
+class _ProposalLog:
+    """A controller that keeps k at 0 and logs every decoding request's proposal per position.
+
+    Where a position is seen twice (a request the budget skipped keeps its drafts, cut to
+    the step's k), the longest proposal is kept: the k_max proposal made at that position.
+    """
+
+    name = "proposal-log"
+
+    def __init__(self) -> None:
+        self.drafts: dict[tuple[str, int], tuple[int, ...]] = {}
+
+    def reset(self) -> None:
+        """Keep the log: the recording resets nothing mid-way."""
+
+    def peek(self, views: Sequence[DraftView], prefill_waiting: int) -> None:
+        """Log the drafts each decoding request holds before the step."""
+        for view in views:
+            key = (view.request_id, view.position)
+            held = self.drafts.get(key)
+            if held is None or len(view.drafts) > len(held):
+                self.drafts[key] = view.drafts
+
+    def decide(self, obs: Observation) -> Decision:
+        """k = 0: every request advances one token per step."""
+        return Decision(0)
+
+    def observe(self, record: StepRecord) -> None:
+        """Nothing to learn."""
+
+
+class _UnitCost:
+    """A constant step price: the recording needs the model clock (k_max drafts every step)
+    but not its times."""
+
+    kind = "unit"
+
+    def seconds(self, load: StepLoad) -> float:
+        """One millisecond, whatever the step computed."""
+        return 1e-3
+
+
+def table_key(config: EngineConfig, model_id: str, plan: Sequence[PlannedRequest]) -> TableKey:
+    """The key of the table of `plan`'s requests on an engine built with `config`."""
+    return TableKey(
+        model_id=model_id,
+        method=config.method,
+        k_max=config.k_max,
+        ngram=(config.ngram_min, config.ngram_max) if config.method == "ngram" else None,
+        max_model_len=config.max_model_len,
+        requests=requests_digest(
+            [r.request_id for r in plan],
+            [r.prompt_token_ids for r in plan],
+            [r.output_tokens for r in plan],
+        ),
+    )
+
+
+def check_greedy(plan: Sequence[PlannedRequest]) -> None:
+    """Raise ValueError if any request samples (temperature > 0)."""
+    sampled = [r for r in plan if r.temperature > 0]
+    if sampled:
+        raise ValueError(
+            f"{len(sampled)} of {len(plan)} requests sample at temperature > 0 (first: "
+            f"{sampled[0].request_id} at {sampled[0].temperature}): acceptance tables and the "
+            f"twin hold for greedy requests only, whose outputs do not depend on the k schedule"
+        )
+
+
+def record_table(
+    engine: LiveEngine, plan: Sequence[PlannedRequest], key: TableKey, description: str = ""
+) -> AcceptanceTable:
+    """Record the acceptance table of `plan`'s requests on a live engine (see the module).
+
+    The engine is reset before and after; whatever it had attached is detached.
+    """
+    check_greedy(plan)
+    if not plan:
+        raise ValueError("no requests to record")
+    config = engine.config
+    log = _ProposalLog()
+    features = FeatureConfig(
+        k_max=engine.k_max,
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        ttft_slo_s=1.0,
+        tpot_slo_s=0.05,
+    )
+    now = [0.0]
+    clock, cost = engine.clock, engine.cost_model
+    try:
+        engine.reset()
+        engine.clock = lambda: now[0]
+        engine.cost_model = _UnitCost()
+        engine.attach(log, FeatureBuilder(features))
+        for request in plan:
+            room = config.max_model_len - len(request.prompt_token_ids)
+            engine.add_request(
+                request.request_id,
+                list(request.prompt_token_ids),
+                min(request.output_tokens + engine.k_max, room),
+                arrival_time=0.0,
+            )
+        while engine.has_unfinished():
+            now[0] = engine.step().finished_at
+        outputs = dict(engine.outputs)
+    finally:
+        engine.attach(None, None)
+        engine.reset()
+        engine.cost_model = cost
+        engine.clock = clock
+
+    proposed: list[int] = []
+    hits: list[int] = []
+    for request in plan:
+        output = outputs[request.request_id]
+        proposed.append(0)  # position 0: the prefill step verifies nothing
+        hits.append(0)
+        for position in range(1, request.output_tokens):
+            drafts = log.drafts.get((request.request_id, position))
+            if drafts is None:
+                raise TableError(
+                    f"recording: request {request.request_id} was never seen drafting at "
+                    f"output position {position}"
+                )
+            proposed.append(len(drafts))
+            hits.append(accepted(drafts, output, position))
+    return AcceptanceTable(
+        key=key,
+        request_ids=tuple(r.request_id for r in plan),
+        prompt_len=np.array([len(r.prompt_token_ids) for r in plan], dtype=np.int32),
+        output_len=np.array([r.output_tokens for r in plan], dtype=np.int32),
+        token_len=np.array([len(outputs[r.request_id]) for r in plan], dtype=np.int32),
+        prompts=np.array([t for r in plan for t in r.prompt_token_ids], dtype=np.int32),
+        tokens=np.array([t for r in plan for t in outputs[r.request_id]], dtype=np.int32),
+        proposed=np.array(proposed, dtype=np.int8),
+        hits=np.array(hits, dtype=np.int8),
+        description=description,
+    )
+
+
+def read_limits(engine: LiveEngine) -> TwinLimits:
+    """The scheduling limits of a live engine, as its vLLM scheduler holds them.
+
+    Raises ValueError if the engine's configuration needs scheduling the twin does not model
+    (see `envs.twin.scheduler`).
+    """
+    s = engine.scheduler
+    if s is None:
+        raise ValueError("a plain engine (stock scheduler) is not what the twin models")
+    groups = s.kv_cache_config.kv_cache_groups
+    unmodelled = {
+        "prefix caching": s.cache_config.enable_prefix_caching,
+        "chunked prefill off": not s.scheduler_config.enable_chunked_prefill,
+        "async scheduling": bool(s.scheduler_config.async_scheduling),
+        "a non-FCFS policy": s.policy.name != "FCFS",
+        "a KV connector": s.connector is not None,
+        "LoRA": s.lora_config is not None,
+        "prefill lookahead": s.num_prefill_lookahead > 0,
+        "an adaptive long-prefill threshold": bool(s.adaptive_long_prefill_threshold),
+        "padded drafts": s.num_spec_tokens > 0 and s.dynamic_sd_lookup is None,
+        "KV groups other than full attention of one block size": any(
+            type(g.kv_cache_spec).__name__ != "FullAttentionSpec"
+            or g.kv_cache_spec.block_size != s.block_size
+            for g in groups
+        ),
+    }
+    found = [name for name, present in unmodelled.items() if present]
+    if found:
+        raise ValueError(f"the twin does not model this engine's {', '.join(found)}")
+    spec = s.vllm_config.speculative_config
+    return TwinLimits(
+        k_max=s.num_spec_tokens,
+        max_num_seqs=s.max_num_running_reqs,
+        max_num_active=s.max_num_active_reqs,
+        max_num_scheduled_tokens=s.max_num_scheduled_tokens,
+        max_num_batched_tokens=s.scheduler_config.max_num_batched_tokens,
+        draft_slots=spec.max_num_new_slots_for_drafting if spec is not None else 0,
+        lookahead=s.num_lookahead_tokens,
+        max_model_len=s.max_model_len,
+        block_size=s.block_size,
+        num_blocks=s.kv_cache_manager.block_pool.num_gpu_blocks,
+        kv_groups=len(groups),
+        long_prefill_threshold=s.scheduler_config.long_prefill_token_threshold,
+        watermark_blocks=s.kv_cache_manager.watermark_blocks,
+        reserve_full_sequence=bool(s.scheduler_reserve_full_isl),
+    )
+
+
+class TableSource:
+    """Tables and limits for twins of one engine config: from the cache, else recorded.
+
+    A live engine is built (or the one given is used) only when something is missing.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        cache_dir: Path = CACHE_DIR,
+        engine: LiveEngine | None = None,
+    ) -> None:
+        """`engine`, if given, must be built with `config`; the caller keeps owning it."""
+        if engine is not None and engine.config != config:
+            raise ValueError("the recording engine must be built with the twin's config")
+        self.config = config
+        self.cache_dir = Path(cache_dir)
+        self.model_id = config.model_id()
+        self._engine = engine
+        self._owns_engine = engine is None
+        self._recent: dict[str, AcceptanceTable] = {}
+        self.recorded = 0
+        """Tables recorded (not found in the cache) by this source."""
+
+    def table(self, plan: Sequence[PlannedRequest], description: str = "") -> AcceptanceTable:
+        """The acceptance table of `plan`'s requests: loaded, or recorded and saved."""
+        check_greedy(plan)
+        key = table_key(self.config, self.model_id, plan)
+        table = self._recent.get(key.digest)
+        if table is not None:
+            return table
+        path = self.cache_dir / "acceptance" / f"{key.digest}.npz"
+        if path.is_file():
+            table = AcceptanceTable.load(path, expected=key)
+        else:
+            table = record_table(self._live(), plan, key, description)
+            table.save(path)
+            self.recorded += 1
+        if len(self._recent) >= RECENT_TABLES:
+            self._recent.pop(next(iter(self._recent)))
+        self._recent[key.digest] = table
+        return table
+
+    def limits(self) -> TwinLimits:
+        """The engine's scheduling limits: cached, or read from a live engine and saved."""
+        fields = json.dumps(self.config.as_dict() | {"model_id": self.model_id}, sort_keys=True)
+        digest = hashlib.sha256(fields.encode()).hexdigest()[:32]
+        path = self.cache_dir / "twin-limits" / f"{digest}.json"
+        if path.is_file():
+            return TwinLimits(**json.loads(path.read_text()))
+        limits = read_limits(self._live())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(limits.as_dict(), indent=1))
+        return limits
+
+    def twin(self) -> TwinEngine:
+        """A twin of this config's engine."""
+        return TwinEngine(self.config, self.limits())
+
+    def close(self) -> None:
+        """Shut down the live engine if this source built one."""
+        if self._owns_engine and self._engine is not None:
+            self._engine.close()
+        self._engine = None
+
+    def _live(self) -> LiveEngine:
+        if self._engine is None:
+            from serving.live_engine import LiveEngine
+
+            self._engine = LiveEngine(self.config)
+        return self._engine
+
+
+class TwinReplayer(WorkloadReplayer):
+    """A workload replayer on a twin: loads each workload's acceptance table before it."""
+
+    def __init__(self, engine: TwinEngine, source: TableSource, *args, **kwargs) -> None:
+        """`args` and `kwargs` as `WorkloadReplayer` takes them after the engine."""
+        super().__init__(engine, *args, **kwargs)
+        self.source = source
+        self._recent: dict[tuple, AcceptanceTable] = {}
+
+    def start(self, workload: Trace, rng: np.random.Generator) -> None:
+        """Load the table of the requests this replay will add (drawn ahead from a copy of
+        rng, as the replay draws them), then start as the live replayer does."""
+        if self.engine.k_max and len(workload):
+            # The same requests from the same generator state draw the same prompts: a
+            # window replayed again (another controller, a pooled episode) skips the draws.
+            state = json.dumps(rng.bit_generator.state, sort_keys=True)
+            key = (workload.source, workload.requests, state)
+            table = self._recent.get(key)
+            if table is None:
+                plan = plan_requests(workload, self.prompts, self.temperatures, copy.deepcopy(rng))
+                description = json.dumps(workload.describe(), default=str)
+                table = self.source.table(plan, description)
+                if len(self._recent) >= RECENT_TABLES:
+                    self._recent.pop(next(iter(self._recent)))
+                self._recent[key] = table
+            self.engine.load(table)
+        super().start(workload, rng)
+
+
+__all__ = [
+    "CACHE_DIR",
+    "TableSource",
+    "TwinReplayer",
+    "read_limits",
+    "record_table",
+]
