@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import re
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -19,8 +22,6 @@ from envs.config import EnvConfig
 from envs.residual import ResidualActions
 from envs.spec_decode_env import SpecDecodeEnv
 from envs.traces import ReplayOptions, apply_replay, load_trace
-from serving.config import EngineConfig
-from tests.conftest import TEST_ENGINE
 
 SHORT_TRACE = "synthetic:poisson?rate=8&duration=3&input_mean=48&output_mean=24&seed=1"
 
@@ -134,20 +135,41 @@ def test_bad_env_config():
         EnvConfig(window_s=0)
 
 
+CLOSED_ENV_SCRIPT = """
+import re, sys
+import gymnasium, pytest
+import envs
+from envs.config import EnvConfig
+from serving.config import EngineConfig
+from tests.conftest import TEST_ENGINE
+
+trace = sys.argv[1]
+engine = EngineConfig(**TEST_ENGINE)
+config = EnvConfig(trace=trace, window_s=3.0, window_start_s=0.0, engine=engine)
+env = gymnasium.make("SpecDecode-v0", config=config).unwrapped
+env.reset(seed=0)
+env.step(1)
+env.close()
+assert env.engine is None
+closed = f"on a closed SpecDecode-v0 environment (trace {trace})"
+with pytest.raises(RuntimeError, match=re.escape(f"reset() {closed}")):
+    env.reset(seed=0)
+with pytest.raises(RuntimeError, match=re.escape(f"step() {closed}")):
+    env.step(1)
+env.close()  # closing twice is allowed
+print("closed environment checked")
+"""
+
+
 def test_a_closed_environment_says_so():
     # An environment that built its own engine frees it on close; without the check, reset()
-    # would fail deep inside vLLM.
-    config = EnvConfig(
-        trace=SHORT_TRACE, window_s=3.0, window_start_s=0.0, engine=EngineConfig(**TEST_ENGINE)
-    )
-    env = gymnasium.make("SpecDecode-v0", config=config).unwrapped
-    env.reset(seed=0)
-    env.step(1)
-    env.close()
-    assert env.engine is None
-    closed = f"on a closed SpecDecode-v0 environment (trace {SHORT_TRACE})"
-    with pytest.raises(RuntimeError, match=re.escape(f"reset() {closed}")):
-        env.reset(seed=0)
-    with pytest.raises(RuntimeError, match=re.escape(f"step() {closed}")):
-        env.step(1)
-    env.close()  # closing twice is allowed
+    # would fail deep inside vLLM. Closing an engine tears down vLLM's process-wide state, so
+    # this runs in a process of its own, away from the session's engines.
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSED_ENV_SCRIPT, SHORT_TRACE],
+        cwd=root, capture_output=True, text=True, timeout=600,
+        env=os.environ | {"VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "closed environment checked" in done.stdout
