@@ -74,6 +74,7 @@ def engine_and_stats(request, _engines):
     engine, recorder = _engines(request.param)
     engine.reset()
     engine.clock = time.time  # an environment test leaves its virtual clock behind
+    engine.cost_model = None  # ... and its model clock
     recorder.steps.clear()
     yield engine, recorder
     engine.reset()
