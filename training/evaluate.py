@@ -14,7 +14,10 @@ Clocks (`--clock`): in model time (the default) each step lasts what the cost pr
 computed, so a replay repeats to the token and comparisons are exact for that profile; the
 analytic controllers predict with the same profile. In wall time a step lasts what this
 machine measured. The oracles (`oracle`, `oracle-per-request`: each step's best k knowing its
-acceptance) are model-time references.
+acceptance) are model-time references. With `--twin` the speculating controllers replay on
+the engine's twin (`envs.twin`: exact against the live engine in model time, see
+docs/environment.md), its acceptance recorded once per window on the live engine; `nospec`
+stays on a live plain engine.
 
 Per trace it prints the mean metrics per controller, then, per adaptive controller, the
 geometric mean over samples of its goodput under SLO over the goodput controller's, the best
@@ -525,6 +528,7 @@ def check_inputs(args: argparse.Namespace) -> Plan:
         engine=EngineConfig(method=args.method, k_max=args.k_max, max_num_seqs=args.max_num_seqs),
         clock=args.clock,
         profile=args.profile,
+        twin=args.twin,
     )
     env, profile = bench_config(env)
     slo = {"ttft_s": args.ttft_slo_s, "tpot_s": args.tpot_slo_s}
@@ -609,6 +613,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--controllers", default=DEFAULT_CONTROLLERS, help=f"comma-separated: {NAMES_HELP}"
     )
+    p.add_argument(
+        "--twin",
+        action="store_true",
+        help="replay the speculating controllers on the engine's twin (model clock; acceptance "
+        "recorded once per window on the live engine); nospec stays live",
+    )
     p.add_argument("--repeats", type=int, default=1, help="replays per window (wall clock only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts and temperatures")
     p.add_argument(
@@ -633,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = plan.env
     print(
-        f"{env.engine.method}, {env.clock} clock, profile {plan.profile.describe()}, "
+        f"{env.engine.method}{' (twin)' if env.twin else ''}, {env.clock} clock, "
+        f"profile {plan.profile.describe()}, "
         f"{env.engine.max_num_seqs} running requests at most, SLO TTFT {env.slo.ttft_s:g} s "
         f"TPOT {env.slo.tpot_s:g} s"
     )

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
     p.add_argument("--clock", default="model", help="model (default) or wall")
     p.add_argument("--profile", default=None, help="cost profile (default: the method's table)")
+    p.add_argument(
+        "--twin", action="store_true", help="speculating engine on its twin (model clock)"
+    )
     p.add_argument("--extra", default="goodput", help="controllers to add to the static k's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the landscape here")
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env, profile, entries = plan
     print(
-        f"landscape: {env.engine.method}, {env.clock} clock, profile {profile.describe()}, "
+        f"landscape: {env.engine.method}{' (twin)' if env.twin else ''}, {env.clock} clock, "
+        f"profile {profile.describe()}, "
         f"{env.engine.max_num_seqs} running requests at most, SLO TTFT {env.slo.ttft_s:g} s "
         f"TPOT {env.slo.tpot_s:g} s; {args.trace}, {args.windows} windows of {args.window_s:g} s"
     )
@@ -88,6 +92,7 @@ def check_inputs(args: argparse.Namespace):
         engine=EngineConfig(method=args.method, k_max=args.k_max, max_num_seqs=args.max_num_seqs),
         clock=args.clock,
         profile=args.profile,
+        twin=args.twin,
     )
     env, profile = bench_config(env)
     trace = load_trace(spec)

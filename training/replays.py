@@ -107,11 +107,14 @@ class Bench:
         """Build the speculating engine (and, with `plain`, one without speculation) for
         `env`, as `bench_config` returned it, and warm them up.
 
-        With `twin`, the speculating engine is a twin whose tables and limits come from that
-        source (model clock only; the twin does not model the plain engine).
+        With `twin` (or `env.twin`, which records into the default cache), the speculating
+        engine is a twin whose tables and limits come from that source, on the model clock;
+        `nospec`'s plain engine stays live (the twin does not model it).
         """
-        if twin is not None and (plain or env.clock != "model"):
+        if (twin is not None or env.twin) and env.clock != "model":
             raise ValueError("a twin bench runs the speculating engine on the model clock only")
+        self._source = TableSource(env.engine) if twin is None and env.twin else None
+        twin = twin or self._source
         self.env = env
         self.profile = profile
         self.features = feature_config(env, env.engine)
@@ -178,6 +181,8 @@ class Bench:
         for engine in self.engines.values():
             engine.close()
         self.engines.clear()
+        if self._source is not None:
+            self._source.close()
 
 
 def _key(workload: Trace, seed: int) -> tuple:

@@ -76,6 +76,13 @@ class TrainConfig:
     """Cost profile (a path or a name under checkpoints/profiles, e.g. a100-llama3-8b): the
     model clock's costs and the goodput controller's. None: the method's measured table. A
     GPU profile sets the engine limits and SLOs of its deployment."""
+    twin: bool = False
+    """Train on the engine's twin (`SpecDecodeTwin-v0`: vLLM's scheduling in numpy,
+    acceptance recorded once per window on the live engine; model clock, greedy requests).
+    Evaluations against the goodput controller stay on the live engine."""
+    window_pool: int = 0
+    """0: every episode a fresh window; n > 0: episodes replay one of n windows drawn once
+    per environment (the twin records n acceptance tables, then runs at full speed)."""
     ttft_slo_s: float = 1.0
     """Time-to-first-token SLO, seconds."""
     tpot_slo_s: float = 0.05
@@ -91,6 +98,10 @@ class TrainConfig:
     reference_steps: int = 0
     """Reward: 0 keeps reference_tps fixed; N > 0 makes it the episode's goodput over about
     the last N steps, so a step is rewarded for beating the recent rate."""
+    reward_baseline: str | None = None
+    """Reward: None (the goodput term alone), or goodput: a step's goodput relative to what
+    the goodput controller's k would have produced on the same step (model clock), so what
+    arrivals bring cancels."""
     max_episode_steps: int = 5000
     """Engine steps after which an episode is truncated."""
     total_timesteps: int = 20_000
@@ -214,8 +225,11 @@ def env_config(cfg: TrainConfig, *, evaluation: bool = False):
             tpot_violation_tokens=cfg.tpot_violation_tokens,
             token_scale=cfg.token_scale,
             reference_steps=cfg.reference_steps,
+            baseline=cfg.reward_baseline or "none",
         ),
         max_steps=cfg.max_episode_steps,
+        twin=cfg.twin and not evaluation,
+        window_pool=0 if evaluation else cfg.window_pool,
     )
 
 
@@ -230,9 +244,9 @@ def make_env(config, seed: int, offset_max: int = 0, cost=None):
         import gymnasium
         from stable_baselines3.common.monitor import Monitor
 
-        import envs  # noqa: F401  (registers SpecDecode-v0)
+        import envs  # noqa: F401  (registers SpecDecode-v0 and SpecDecodeTwin-v0)
 
-        env = gymnasium.make("SpecDecode-v0", config=config)
+        env = gymnasium.make("SpecDecodeTwin-v0" if config.twin else "SpecDecode-v0", config=config)
         if offset_max:
             from agents.goodput import GoodputController
             from envs.residual import ResidualActions
