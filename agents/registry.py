@@ -15,9 +15,11 @@ from agents.guarded import GuardedController
 from agents.oracle import StepOracle
 from agents.policy import PPOController
 from agents.static import StaticController
+from agents.streak import StreakController
 
 NAMES_HELP = (
     "nospec, static:K (K = 0..k_max), vllm-schedule, goodput, goodput-per-request, "
+    "streak-per-request (each request's k from its own last verification), "
     "ppo:PATH (an exported policy), guarded:PATH (the policy with the goodput fallback), "
     "oracle, oracle-per-request (hindsight references, model time only)"
 )
@@ -28,6 +30,7 @@ _PLAIN_NAMES = (
     "vllm-schedule",
     "goodput",
     "goodput-per-request",
+    "streak-per-request",
     "oracle",
     "oracle-per-request",
 )
@@ -42,7 +45,8 @@ class ControllerSpec:
     name: str
     """The name as given, e.g. "static:2"."""
     kind: str
-    """nospec, static, vllm-schedule, goodput, goodput-per-request, ppo or guarded."""
+    """nospec, static, vllm-schedule, goodput, goodput-per-request, streak-per-request, ppo,
+    guarded, oracle or oracle-per-request."""
     k: int = 0
     """The k of a static controller."""
     path: str = ""
@@ -128,6 +132,8 @@ def build_controller(spec: ControllerSpec, context: ControllerContext) -> Contro
         return None
     if spec.kind == "static":
         return StaticController(spec.k)
+    if spec.kind == "streak-per-request":
+        return StreakController(context.k_max)
     profile = context.profile
     if spec.kind == "ppo":
         base = None
