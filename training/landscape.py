@@ -6,7 +6,7 @@ arrival rates, for one cost profile and trace.
 
 Each rate replays the same windows (of the trace's held-back region when it has one) with
 the plain engine and with k = 0..k_max at every step, in model time by default. It prints a
-table (goodput under SLO, geometric mean over windows; the best static k per rate marked)
+table (goodput under SLO, mean over windows; the best static k per rate marked)
 and plots it: where the best k moves with load there is something to control; where one k
 is best at every load, a static k is all a controller needs to match.
 """
