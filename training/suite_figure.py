@@ -1,0 +1,125 @@
+"""One picture of evaluation suites: per trace, each controller's goodput under SLO over the
+goodput controller's, with its 90% interval over windows.
+
+    python -m training.suite_figure runs/suites/cpu-ngram.json runs/suites/a100-ngram.json \\
+        --out docs/figures/suite.png
+
+Each file (a `training.evaluate --json` of a suite) is one panel, titled with its method,
+cost profile and clock. The best static k (one per trace, chosen after the fact) and the
+plain engine are drawn against the goodput controller too, so a bar above 1 beats it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REFERENCES = {"best static k": "best_static", "nospec": "nospec"}
+"""References the goodput controller's row is compared with (drawn inverted)."""
+SKIP = ("goodput",)
+
+
+def series(record: dict) -> dict[str, dict[str, tuple[float, float, float] | None]]:
+    """Per series name, per trace label: (ratio, low, high) against the goodput controller,
+    or None where it is undefined or did not run."""
+    found: dict[str, dict] = {}
+    for label, trace in record["traces"].items():
+        rows = trace["comparisons"]
+        base = rows.get("goodput", {})
+        for name, ref in REFERENCES.items():
+            cell = base.get(ref)
+            found.setdefault(name, {})[label] = _inverted(cell) if cell else None
+        for name, row in rows.items():
+            if name in SKIP or "goodput" not in row:
+                continue
+            cell = row["goodput"]
+            value = cell["ratio"]
+            found.setdefault(name, {})[label] = (
+                None if value is None else (value, cell["low"] or value, cell["high"] or value)
+            )
+    return found
+
+
+def _inverted(cell: dict) -> tuple[float, float, float] | None:
+    """goodput/ref as ref/goodput (the interval's ends swap)."""
+    if not cell["ratio"]:
+        return None
+    low, high = cell["low"] or cell["ratio"], cell["high"] or cell["ratio"]
+    return 1 / cell["ratio"], 1 / high, 1 / low
+
+
+def title(record: dict) -> str:
+    """What a panel shows: method, profile, clock, engine."""
+    args = record["args"]
+    profile = args.get("profile") or f"{args['method']} table (measured)"
+    where = "on the twin" if args.get("twin") else "live engine"
+    suite = args.get("suite") or Path(args["trace"]).name
+    return f"{suite} suite: {args['method']}, profile {profile}, {args['clock']} clock, {where}"
+
+
+def plot(records: list[dict], out: Path) -> None:
+    """One bar panel per record."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(len(records), 1, figsize=(11, 3.6 * len(records)), squeeze=False)
+    for ax, record in zip(axes[:, 0], records, strict=True):
+        found = series(record)
+        labels = list(record["traces"])
+        width = 0.8 / max(len(found), 1)
+        x = np.arange(len(labels))
+        for i, (name, cells) in enumerate(found.items()):
+            values = [cells.get(label) for label in labels]
+            heights = [v[0] if v else np.nan for v in values]
+            errors = [
+                [v[0] - v[1] if v else 0 for v in values],
+                [v[2] - v[0] if v else 0 for v in values],
+            ]
+            ax.bar(x + (i - (len(found) - 1) / 2) * width, heights, width, label=name)
+            ax.errorbar(
+                x + (i - (len(found) - 1) / 2) * width,
+                heights,
+                yerr=errors,
+                fmt="none",
+                ecolor="black",
+                elinewidth=0.8,
+            )
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(x, labels)
+        ax.set_ylabel("under SLO / goodput ctrl")
+        ax.set_title(title(record), fontsize=10)
+        ax.legend(fontsize=8, ncol=4)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("suites", nargs="+", type=Path, help="training.evaluate --json files")
+    p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    args = p.parse_args(argv)
+    records = []
+    for path in args.suites:
+        try:
+            record = json.loads(path.read_text())
+            missing = {"traces", "args"} - set(record)
+            if missing:
+                raise ValueError(f"no {', '.join(sorted(missing))}")
+        except (OSError, ValueError) as err:
+            print(f"error: {path} is not a training.evaluate --json file ({err})", file=sys.stderr)
+            return 2
+        records.append(record)
+    plot(records, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
