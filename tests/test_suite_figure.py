@@ -20,7 +20,18 @@ RECORD = {
             "comparisons": {
                 "goodput": {"best_static": cell(0.8, 0.5, 1.0), "nospec": cell(None)},
                 "oracle": {"goodput": cell(1.5, 1.2, 1.9), "best_static": cell(1.2)},
-            }
+                "oracle-per-request": {"goodput": cell(None)},
+            },
+            "metrics": {
+                name: [{"goodput_under_slo_tps": v} for v in values]
+                for name, values in {
+                    "goodput": (0.0, 100.0),
+                    "nospec": (10.0, 30.0),
+                    "static:2": (0.0, 125.0),
+                    "oracle": (0.0, 150.0),
+                    "oracle-per-request": (0.0, 300.0),
+                }.items()
+            },
         }
     },
 }
@@ -28,9 +39,11 @@ RECORD = {
 
 def test_references_are_drawn_against_the_goodput_controller():
     found = series(RECORD)
-    assert found["best static k"]["azure-conv x2"] == pytest.approx((1.25, 1.0, 2.0))
-    assert found["nospec"]["azure-conv x2"] is None  # undefined stays undefined
-    assert found["oracle"]["azure-conv x2"] == (1.5, 1.2, 1.9)
+    assert found["best static k"]["azure-conv x2"] == pytest.approx((1.25, 1.0, 2.0, True))
+    assert found["oracle"]["azure-conv x2"] == (1.5, 1.2, 1.9, True)
+    # Where a window scored 0 the geometric mean is undefined: the ratio of means stands in.
+    assert found["nospec"]["azure-conv x2"] == (0.4, 0.4, 0.4, False)
+    assert found["oracle-per-request"]["azure-conv x2"] == (3.0, 3.0, 3.0, False)
     assert "goodput" not in found
 
 

@@ -19,35 +19,60 @@ from pathlib import Path
 REFERENCES = {"best static k": "best_static", "nospec": "nospec"}
 """References the goodput controller's row is compared with (drawn inverted)."""
 SKIP = ("goodput",)
+KEY = "goodput_under_slo_tps"
+
+Cell = tuple[float, float, float, bool]
+"""(ratio, low, high, exact): exact is False for a ratio of means standing in for an
+undefined geometric mean (a window where the reference scored 0)."""
 
 
-def series(record: dict) -> dict[str, dict[str, tuple[float, float, float] | None]]:
-    """Per series name, per trace label: (ratio, low, high) against the goodput controller,
-    or None where it is undefined or did not run."""
+def series(record: dict) -> dict[str, dict[str, Cell | None]]:
+    """Per series name, per trace label, against the goodput controller: the geometric-mean
+    ratio and its interval, else the ratio of means over the windows (no interval), else None
+    (did not run, or the goodput controller scored 0 on every window)."""
     found: dict[str, dict] = {}
     for label, trace in record["traces"].items():
-        rows = trace["comparisons"]
+        rows, metrics = trace["comparisons"], trace["metrics"]
+        means = {name: _mean(values) for name, values in metrics.items()}
+        statics = {name: value for name, value in means.items() if name.startswith("static:")}
         base = rows.get("goodput", {})
         for name, ref in REFERENCES.items():
-            cell = base.get(ref)
-            found.setdefault(name, {})[label] = _inverted(cell) if cell else None
+            cell = _inverted(base.get(ref))
+            if cell is None:
+                other = (
+                    max(statics.values(), default=None) if ref == "best_static" else means.get(ref)
+                )
+                cell = _of_means(other, means.get("goodput"))
+            found.setdefault(name, {})[label] = cell
         for name, row in rows.items():
             if name in SKIP or "goodput" not in row:
                 continue
             cell = row["goodput"]
             value = cell["ratio"]
             found.setdefault(name, {})[label] = (
-                None if value is None else (value, cell["low"] or value, cell["high"] or value)
+                _of_means(means.get(name), means.get("goodput"))
+                if not value
+                else (value, cell["low"] or value, cell["high"] or value, True)
             )
     return found
 
 
-def _inverted(cell: dict) -> tuple[float, float, float] | None:
-    """goodput/ref as ref/goodput (the interval's ends swap)."""
-    if not cell["ratio"]:
+def _mean(samples: list[dict]) -> float:
+    return sum(s[KEY] for s in samples) / len(samples)
+
+
+def _of_means(value: float | None, goodput: float | None) -> Cell | None:
+    if value is None or not goodput:
+        return None
+    return value / goodput, value / goodput, value / goodput, False
+
+
+def _inverted(cell: dict | None) -> Cell | None:
+    """goodput/ref as ref/goodput (the interval's ends swap); None where undefined."""
+    if not cell or not cell["ratio"]:
         return None
     low, high = cell["low"] or cell["ratio"], cell["high"] or cell["ratio"]
-    return 1 / cell["ratio"], 1 / high, 1 / low
+    return 1 / cell["ratio"], 1 / high, 1 / low, True
 
 
 def title(record: dict) -> str:
@@ -80,7 +105,10 @@ def plot(records: list[dict], out: Path) -> None:
                 [v[0] - v[1] if v else 0 for v in values],
                 [v[2] - v[0] if v else 0 for v in values],
             ]
-            ax.bar(x + (i - (len(found) - 1) / 2) * width, heights, width, label=name)
+            bars = ax.bar(x + (i - (len(found) - 1) / 2) * width, heights, width, label=name)
+            for bar, value in zip(bars, values, strict=True):
+                if value and not value[3]:
+                    bar.set_hatch("//")
             ax.errorbar(
                 x + (i - (len(found) - 1) / 2) * width,
                 heights,
@@ -93,8 +121,15 @@ def plot(records: list[dict], out: Path) -> None:
         ax.set_xticks(x, labels)
         ax.set_ylabel("under SLO / goodput ctrl")
         ax.set_title(title(record), fontsize=10)
-        ax.legend(fontsize=8, ncol=4)
-    fig.tight_layout()
+    axes[0, 0].legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.12))
+    fig.text(
+        0.01,
+        0.002,
+        "bars: geometric mean over windows, 90% paired bootstrap interval; hatched: ratio of "
+        "means (a window where the reference scored 0)",
+        fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
