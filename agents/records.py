@@ -38,22 +38,33 @@ class RequestStep:
     proposed: int = 0
     """Drafts the proposer had ready for it before they were cut to `k` (in model time the
     engine drafts k_max every step, so this is the k_max proposal)."""
+    hits: int | None = None
+    """How many of the `proposed` drafts the target would accept, where that is known without
+    verifying them: the twin reads it from its acceptance table; the live engine leaves None
+    (past the drafts it verified, only a rejection tells)."""
 
     def accepted_if(self, k: int) -> int:
         """Drafts it would have had accepted this step had it verified k of them.
 
         Drafts are prefix-consistent (the first k of a longer proposal are the k proposal),
         so this is exact up to the drafts verified, and beyond them exact where one was
-        rejected; where all verified drafts were accepted it is a lower bound
-        (`censored_if`).
+        rejected or `hits` is known; otherwise, where all verified drafts were accepted, it
+        is a lower bound (`censored_if`).
         """
         k = min(k, self.proposed)
+        if self.hits is not None:
+            return min(self.hits, k)
         return min(self.accepted, k) if k <= self.drafted else self.accepted
 
     def censored_if(self, k: int) -> bool:
         """Whether `accepted_if(k)` is only a lower bound: k goes past the drafts verified,
-        all of which were accepted, so the next ones were never checked."""
-        return min(k, self.proposed) > self.drafted and self.accepted == self.drafted
+        all of which were accepted, and `hits` is unknown, so the next ones were never
+        checked."""
+        return (
+            self.hits is None
+            and min(k, self.proposed) > self.drafted
+            and self.accepted == self.drafted
+        )
 
 
 @dataclass(frozen=True, slots=True)

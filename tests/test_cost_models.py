@@ -3,6 +3,7 @@ on synthetic timings with known answers."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -83,6 +84,10 @@ def test_counterfactual_accepted_counts():
     # Nothing beyond the proposal can be accepted: exact there.
     short = request(drafted=2, accepted=2, proposed=2)
     assert short.accepted_if(4) == 2 and not short.censored_if(4)
+    # Where the hits of the whole proposal are known (the twin), nothing is censored.
+    known = dataclasses.replace(clean, hits=3)
+    assert [known.accepted_if(k) for k in range(6)] == [0, 1, 2, 3, 3, 3]
+    assert not any(known.censored_if(k) for k in range(6))
 
 
 # --- fitted ------------------------------------------------------------------------------

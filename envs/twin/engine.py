@@ -273,7 +273,7 @@ class TwinEngine:
 
         # What each request computed, then the model's verdict and vLLM's update.
         parts: list[tuple[int, int, int]] = []
-        done: list[tuple[TwinRequest, int, int, int, int, int]] = []
+        done: list[tuple[TwinRequest, int, int, int, int, int, int | None]] = []
         decode_tokens = spec_tokens = prefill_tokens = 0
         for request, num_new, drafted in scheduled:
             context = request.computed - num_new
@@ -287,21 +287,24 @@ class TwinEngine:
             decode_tokens += 0 if prefilling else 1
             parts.append((prefill, context, drafted))
             position = request.num_outputs
+            hits = None
             if request.computed < num_tokens:
                 sampled = accepted = 0  # a prompt chunk short of the end samples nothing
             else:
+                if not prefilling:
+                    hits = int(request.hits[position])
                 accepted = request.hits[position] if drafted else 0
                 if accepted > drafted:
                     accepted = drafted
                 sampled = 1 + accepted
-            done.append((request, drafted, accepted, sampled, prefill, context))
+            done.append((request, drafted, accepted, sampled, prefill, context, hits))
         step_time = self.cost_model.seconds(StepLoad.build(parts))
         finished_at = started_at + step_time
 
         requests: list[RequestStep] = []
         finished: list[FinishedRequest] = []
         propose = self.k_max > 0
-        for request, drafted, accepted, sampled, prefill, context in done:
+        for request, drafted, accepted, sampled, prefill, context, hits in done:
             rid = request.request_id
             before = request.num_outputs
             ended = scheduler.update(request, drafted, accepted, sampled)
@@ -322,6 +325,7 @@ class TwinEngine:
                     request.first_token_at,
                     context,
                     offered.get(rid, 0),
+                    hits,
                 )
             )
             if ended:
