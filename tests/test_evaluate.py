@@ -72,6 +72,12 @@ def test_windows_side_by_side_in_model_time_and_the_tables_repeat(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert tables(again.stdout).split("== ", 1)[1] == tables(done.stdout).split("== ", 1)[1]
 
+    # On the twin (speculating controllers; nospec stays live): the same tables again.
+    twin = evaluate(*args[:-4], "--twin")
+    assert twin.returncode == 0, twin.stderr[-3000:]
+    assert "ngram (twin), model clock" in twin.stdout
+    assert tables(twin.stdout).split("== ", 1)[1] == tables(done.stdout).split("== ", 1)[1]
+
 
 def test_draft_model_tables_repeat_in_model_time():
     args = ["--method", "draft_model", "--window-s", "3", "--max-num-seqs", "8",
