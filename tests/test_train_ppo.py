@@ -26,6 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_TRACE = "synthetic:poisson?rate=6&duration=40&input_mean=48&output_mean=24&seed=2"
 
 
+def train(args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m training.train_ppo` with `args`, in a process of its own."""
+    env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
+    return subprocess.run(
+        [sys.executable, "-m", "training.train_ppo", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
 def test_a_short_training_run_leaves_a_usable_policy(tmp_path):
     args = [
         "--trace", TINY_TRACE, "--window-s", "4", "--train-until-s", "30",
@@ -34,11 +43,7 @@ def test_a_short_training_run_leaves_a_usable_policy(tmp_path):
         "--eval-every", "128", "--checkpoint-every", "128", "--max-num-seqs", "8",
         "--output-dir", str(tmp_path), "--run-name", "short",
     ]  # fmt: skip
-    env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
-    done = subprocess.run(
-        [sys.executable, "-m", "training.train_ppo", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    done = train(args)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "short"
     assert (run / "command.txt").read_text().startswith("python -m training.train_ppo --trace")
@@ -86,11 +91,7 @@ def test_a_twin_run_trains_on_recorded_windows_and_evaluates_live(tmp_path):
         "--eval-every", "512", "--checkpoint-every", "512", "--no-track",
         "--output-dir", str(tmp_path), "--run-name", "twin",
     ]  # fmt: skip
-    env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
-    done = subprocess.run(
-        [sys.executable, "-m", "training.train_ppo", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    done = train(args)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "twin"
     saved = parse_config(TrainConfig, ["--config", str(run / "config.yaml")], "t", "t")
