@@ -114,7 +114,8 @@ class Bench:
         if (twin is not None or env.twin) and env.clock != "model":
             raise ValueError("a twin bench runs the speculating engine on the model clock only")
         self._source = TableSource(env.engine) if twin is None and env.twin else None
-        twin = twin or self._source
+        if twin is None:
+            twin = self._source
         self.env = env
         self.profile = profile
         self.features = feature_config(env, env.engine)
