@@ -455,8 +455,8 @@ class Target:
     """One trace at one load, and where its windows start."""
 
     label: str
-    trace: str
-    trace_format: str | None
+    trace: Trace
+    """The trace, loaded."""
     rate_scale: float
     window_s: float
     starts: list[float]
@@ -502,16 +502,15 @@ def targets(args: argparse.Namespace) -> list[Target]:
         trace = load_trace(args.trace, args.trace_format)
         label = f"{Path(args.trace).name} x{args.rate_scale:g}"
         starts = window_starts(args, trace)
-        return [
-            Target(label, args.trace, args.trace_format, args.rate_scale, args.window_s, starts)
-        ]
+        return [Target(label, trace, args.rate_scale, args.window_s, starts)]
+    entries = suite(args.suite)
+    # A suite replays some traces at two loads: each is loaded once.
+    loaded = {e.region: load_trace(REGIONS[e.region].trace) for e in entries}
     found = []
-    for e in suite(args.suite):
-        trace = load_trace(REGIONS[e.region].trace)
+    for e in entries:
+        trace = loaded[e.region]
         starts = e.starts([r.arrival_s for r in trace.requests])
-        found.append(
-            Target(e.label, REGIONS[e.region].trace, None, e.rate_scale, e.window_s, starts)
-        )
+        found.append(Target(e.label, trace, e.rate_scale, e.window_s, starts))
     return found
 
 
@@ -545,11 +544,10 @@ def check_inputs(args: argparse.Namespace) -> Plan:
         )
     entries = []
     for target in targets(args):
-        trace = load_trace(target.trace, target.trace_format)
         options = replace(env, rate_scale=target.rate_scale, window_s=target.window_s)
         samples = []
         for start in target.starts:
-            workload = apply_replay(trace, options.replay_options(start))
+            workload = apply_replay(target.trace, options.replay_options(start))
             if not len(workload):
                 raise ValueError(
                     f"no requests in the {target.window_s} s window at {start} s of {target.label}"
