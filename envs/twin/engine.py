@@ -291,12 +291,11 @@ class TwinEngine:
             if request.computed < num_tokens:
                 sampled = accepted = 0  # a prompt chunk short of the end samples nothing
             else:
-                if not prefilling:
-                    hits = int(request.hits[position])
-                accepted = request.hits[position] if drafted else 0
-                if accepted > drafted:
-                    accepted = drafted
+                matched = request.hits[position]
+                accepted = matched if matched < drafted else drafted
                 sampled = 1 + accepted
+                if not prefilling:
+                    hits = matched
             done.append((request, drafted, accepted, sampled, prefill, context, hits))
         step_time = self.cost_model.seconds(StepLoad.build(parts))
         finished_at = started_at + step_time
