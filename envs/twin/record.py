@@ -237,6 +237,13 @@ def read_limits(engine: LiveEngine) -> TwinLimits:
     )
 
 
+def _remember(recent: dict, key, table: AcceptanceTable) -> None:
+    """Keep `table` under `key` among the last `RECENT_TABLES`, dropping the oldest."""
+    if len(recent) >= RECENT_TABLES:
+        recent.pop(next(iter(recent)))
+    recent[key] = table
+
+
 class TableSource:
     """Tables and limits for twins of one engine config: from the cache, else recorded.
 
@@ -275,9 +282,7 @@ class TableSource:
             table = record_table(self._live(), plan, key, description)
             table.save(path)
             self.recorded += 1
-        if len(self._recent) >= RECENT_TABLES:
-            self._recent.pop(next(iter(self._recent)))
-        self._recent[key.digest] = table
+        _remember(self._recent, key.digest, table)
         return table
 
     def limits(self) -> TwinLimits:
@@ -332,9 +337,7 @@ class TwinReplayer(WorkloadReplayer):
                 plan = plan_requests(workload, self.prompts, self.temperatures, copy.deepcopy(rng))
                 description = json.dumps(workload.describe(), default=str)
                 table = self.source.table(plan, description)
-                if len(self._recent) >= RECENT_TABLES:
-                    self._recent.pop(next(iter(self._recent)))
-                self._recent[key] = table
+                _remember(self._recent, key, table)
             self.engine.load(table)
         super().start(workload, rng)
 
