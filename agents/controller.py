@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from agents.features import Observation
-from agents.records import StepRecord
+from agents.records import DraftView, StepRecord
 
 
 class Decision(NamedTuple):
@@ -41,6 +41,20 @@ class Controller(Protocol):
 
     def observe(self, record: StepRecord) -> None:
         """Take in what the step just run did (acceptance, timing, finished requests)."""
+        ...
+
+
+@runtime_checkable
+class DraftAware(Protocol):
+    """A controller that also looks at the drafts each request holds before a step.
+
+    The engine calls `see_drafts` right before `decide`, on every step the controller
+    decides. The hindsight oracles (`agents.oracle`) are such controllers: with the window's
+    known outputs, the drafts tell them each step's acceptance.
+    """
+
+    def see_drafts(self, views: Sequence[DraftView], prefill_waiting: int) -> None:
+        """Take every decoding request's drafts and the prompt tokens still to compute."""
         ...
 
 

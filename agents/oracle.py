@@ -19,24 +19,11 @@ so the oracle is defined for greedy workloads.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 from agents.controller import Decision
 from agents.cost import CostModel, StepLoad
 from agents.features import Observation
-from agents.records import StepRecord
-
-
-class DraftView(NamedTuple):
-    """A decoding request as the oracle sees it before a step."""
-
-    request_id: str
-    position: int
-    """Output tokens it has produced: the index its first draft guesses."""
-    context: int
-    """Tokens in its KV cache."""
-    drafts: tuple[int, ...]
-    """The drafts proposed for it."""
+from agents.records import DraftView, StepRecord
 
 
 def accepted(drafts: Sequence[int], output: Sequence[int], position: int) -> int:
@@ -77,7 +64,7 @@ class StepOracle:
         self._views = []
         self._prefill_waiting = 0
 
-    def peek(self, views: Sequence[DraftView], prefill_waiting: int) -> None:
+    def see_drafts(self, views: Sequence[DraftView], prefill_waiting: int) -> None:
         """Take the decoding requests' drafts and the prompt tokens waiting, before a step."""
         self._views = list(views)
         self._prefill_waiting = prefill_waiting
@@ -110,7 +97,7 @@ class StepOracle:
         return Decision(best_k, per_request)
 
     def observe(self, record: StepRecord) -> None:
-        """Nothing to learn: the next step's drafts come through `peek`."""
+        """Nothing to learn: the next step's drafts come through `see_drafts`."""
 
     def _load(self, views: Sequence[DraftView], verified: Sequence[int]) -> StepLoad:
         # Prompt chunks take what the decodes leave of the step's token budget.

@@ -12,6 +12,19 @@ step's measured seconds (wall clock) or by a cost model's seconds for what the s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class DraftView(NamedTuple):
+    """A decoding request as a controller that looks at the drafts sees it before a step."""
+
+    request_id: str
+    position: int
+    """Output tokens it has produced: the index its first draft guesses."""
+    context: int
+    """Tokens in its KV cache."""
+    drafts: tuple[int, ...]
+    """The drafts it holds for the step (token ids; in model time the k_max proposal)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,10 @@ import time
 from dataclasses import replace
 
 from agents.features import FeatureBuilder, FeatureConfig
+from agents.paths import LM_DIR
 from agents.static import StaticController
 from envs.traces import PromptFactory
-from serving.config import LM_DIR, EngineConfig
+from serving.config import EngineConfig
 from serving.live_engine import LiveEngine
 
 BATCH_SIZES = (1, 8, 32)

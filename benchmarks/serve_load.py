@@ -26,10 +26,10 @@ from statistics import mean
 import httpx
 import numpy as np
 
+from agents.paths import LM_DIR, PROJECT_ROOT, SHIPPED_POLICY
 from envs.config import EnvConfig
 from envs.ledger import SLO
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
-from serving.config import LM_DIR, PROJECT_ROOT, SHIPPED_POLICY
 from serving.server_process import ServerProcess, completion_request, stream_chunk
 from training.cli import deprecated_alias
 from training.ratio import UNDEFINED, format_ratio, ratio

@@ -31,12 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.paths import cache_dir
 from agents.registry import parse_controller
 from envs.config import EnvConfig
 from envs.replayer import plan_requests
 from envs.traces import apply_replay, load_trace
 from envs.twin.lookahead import LookaheadOracle
-from envs.twin.record import CACHE_DIR, TableSource
+from envs.twin.record import TableSource
 from serving.config import EngineConfig
 from training.replays import Bench, bench_config
 from training.replays import replay as replay_window
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the live engine's KV cache (default: the profile's); the twin reads its blocks",
     )
-    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    p.add_argument("--cache-dir", type=Path, default=cache_dir())
     p.add_argument(
         "--lookahead", type=int, default=0, help="horizon of the twin's lookahead oracle (0: off)"
     )

@@ -1,4 +1,4 @@
-"""Replays a trace window through a live engine on a virtual clock.
+"""Replays a trace window through an engine (live, or its twin) on a virtual clock.
 
 Shared by the Gymnasium environment (the action is k) and the evaluation (a controller in
 the scheduler hook picks k, as in serving), so both replay requests the same way.
@@ -7,7 +7,7 @@ the scheduler hook picks k, as in serving), so both replay requests the same way
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,9 +15,7 @@ from agents.cost import CostModel
 from agents.records import StepRecord
 from envs.ledger import SLO, RequestLedger, Violations
 from envs.traces import PromptFactory, Trace, TraceRequest
-
-if TYPE_CHECKING:  # the twin replays without importing vLLM
-    from serving.live_engine import LiveEngine
+from serving.engine import Engine
 
 
 class PlannedRequest(NamedTuple):
@@ -80,7 +78,7 @@ class WorkloadReplayer:
 
     def __init__(
         self,
-        engine: LiveEngine,
+        engine: Engine,
         prompts: PromptFactory,
         slo: SLO,
         temperatures: Sequence[float] = (0.0,),

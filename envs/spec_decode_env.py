@@ -20,7 +20,7 @@ budget of the step before). On the wall clock a step lasts what it measured.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -34,11 +34,10 @@ from envs.replayer import WorkloadReplayer
 from envs.reward import RunningReference, counterfactual, step_reward
 from envs.traces import PromptFactory, Trace, apply_replay, load_trace
 from envs.twin.engine import TwinEngine
-from envs.twin.record import TableSource, TwinReplayer
+from envs.twin.record import TableSource
+from envs.twin.replayer import TwinReplayer
 from serving.config import EngineConfig
-
-if TYPE_CHECKING:  # imported when built: the twin's environment never imports vLLM
-    from serving.live_engine import LiveEngine
+from serving.engine import Engine
 
 
 class SpecDecodeEnv(gym.Env):
@@ -56,7 +55,7 @@ class SpecDecodeEnv(gym.Env):
     def __init__(
         self,
         config: EnvConfig | None = None,
-        engine: LiveEngine | TwinEngine | None = None,
+        engine: Engine | None = None,
         source: TableSource | None = None,
     ):
         """Load the trace and the cost profile, then build the engine (or use `engine`, which

@@ -10,13 +10,8 @@ from typing import Any, Literal
 
 from safetensors import safe_open
 
-from agents.cost.profile import PROFILE_DIR
+from agents.paths import LM_DIR, PROFILE_DIR, PROJECT_ROOT
 from serving.model_id import model_id
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-LM_DIR = PROJECT_ROOT / "checkpoints" / "lm"
-SHIPPED_POLICY = PROJECT_ROOT / "checkpoints" / "policies" / "ngram"
-"""The trained policy shipped for the small model pair with ngram speculation."""
 
 Method = Literal["ngram", "draft_model", "none"]
 METHODS: tuple[str, ...] = ("ngram", "draft_model", "none")

@@ -21,13 +21,15 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from serving.config import SHIPPED_POLICY, EngineConfig, default_profile_path
+from agents.paths import SHIPPED_POLICY
+from serving.config import EngineConfig, default_profile_path
 from serving.controller_settings import (
     DEFAULT_TPOT_SLO_S,
     DEFAULT_TTFT_SLO_S,
     ControllerSettings,
 )
 from serving.model_id import model_id
+from serving.threads import limit_threads
 
 SCHEDULER_CLS = "serving.serving_scheduler.ServingScheduler"
 SHUTDOWN_DRAIN_S = 30
@@ -38,6 +40,7 @@ SERVED_NAME = "turbospec-small"
 
 def _prepare_environment() -> tempfile.TemporaryDirectory | None:
     """Set what vLLM and prometheus_client read at import; return the metrics dir to clean."""
+    limit_threads()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(EngineConfig().kv_cache_gib))

@@ -12,12 +12,14 @@ from agents.cost import CostModel
 from agents.features import FeatureBuilder
 from agents.records import StepRecord
 from serving.config import EngineConfig
-from serving.scheduler_hook import SpecControlScheduler, check_k
+from serving.scheduler_hook import SpecControlScheduler
+from serving.threads import limit_threads
 from serving.vllm_compat import allow_several_engines_per_process
 
 
 def _configure_vllm_environment(config: EngineConfig) -> None:
     # vLLM reads these lazily, when the engine is built: one process, no hub, a small KV cache.
+    limit_threads()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -231,9 +233,8 @@ class LiveEngine:
         while self._engine.has_unfinished_requests():
             self._engine.step()
         self.outputs.clear()
-        if self.scheduler is not None and self.scheduler.features is not None:
-            self.scheduler.features.reset()
-            self.scheduler.controller.reset()
+        if self.scheduler is not None:
+            self.scheduler.control.reset_controller()
 
     def close(self) -> None:
         """Shut the engine down and free its memory.
@@ -279,4 +280,4 @@ class LiveEngine:
                 self.outputs[name] = list(output.outputs[0].token_ids)
 
 
-__all__ = ["EngineConfig", "LiveEngine", "check_k"]
+__all__ = ["EngineConfig", "LiveEngine"]

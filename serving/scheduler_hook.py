@@ -30,7 +30,10 @@ schedules step t+1 before step t's drafts exist and keeps placeholder drafts in
 `spec_token_ids`, so neither the truncation nor the recorded counts would mean what they say
 here: the hook refuses that configuration instead (`check_sync_scheduling`).
 
-This module is the only place that reads vLLM's scheduler internals (pinned: vllm 0.32.0).
+The control itself (the decision, the cuts, the pricing, the records) is the step-control
+core `serving.step_control`, which the twin drives too; this class adapts vLLM's `Request` to
+it. This module is the only place that reads vLLM's scheduler internals (pinned: vllm
+0.32.0).
 """
 
 from __future__ import annotations
@@ -43,14 +46,11 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 
-from agents.controller import Controller, Decision, check_k
-from agents.cost import CostModel, StepLoad
+from agents.controller import Controller
+from agents.cost import CostModel
 from agents.features import FeatureBuilder
-from agents.oracle import DraftView
-from agents.records import FinishedRequest, RequestStep, StepRecord
-
-StepListener = Callable[[StepRecord], None]
-
+from agents.records import DraftView, StepRecord
+from serving.step_control import Outcome, Scheduled, StepControl, StepListener
 
 ASYNC_REFUSED = (
     "the speculation-control scheduler needs synchronous scheduling, but async scheduling is "
@@ -78,50 +78,51 @@ class SpecControlScheduler(Scheduler):
             # verify more than the chosen k.
             self.dynamic_sd_lookup = [self.k_max] * (self.max_num_running_reqs + 1)
         self.clock: Callable[[], float] = time.time
-        self.cost_model: CostModel | None = None
-        self.controller: Controller | None = None
-        self.features: FeatureBuilder | None = None
-        self.last_record: StepRecord | None = None
-        self._listeners: list[StepListener] = []
-        self._k = self.k_max
-        self._overrides: dict[str, int] = {}
-        self._next: Decision | None = None
+        self.control = StepControl(self.k_max)
+        """The decisions, cuts, pricing and records (`serving.step_control`)."""
         self._names: dict[str, str] = {}
-        self._first_token_at: dict[str, float] = {}
-        self._num_steps = 0
-        self._num_arrived = 0
         # Set by schedule(), read by update_from_output() of the same step.
         self._step_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
-        self._step_k: dict[str, int] = {}
-        self._step_proposed: dict[str, int] = {}
-        self._step_before: dict[str, tuple[Request, bool, int, int]] = {}
+        self._step_before: dict[str, tuple[Request, int, int]] = {}
 
     # --- control ---------------------------------------------------------------------------
 
+    @property
+    def controller(self) -> Controller | None:
+        """The attached controller, or None."""
+        return self.control.controller
+
+    @property
+    def features(self) -> FeatureBuilder | None:
+        """The attached controller's feature builder, or None."""
+        return self.control.features
+
+    @property
+    def cost_model(self) -> CostModel | None:
+        """What prices each step on the model clock, or None for the wall clock."""
+        return self.control.cost_model
+
+    @property
+    def last_record(self) -> StepRecord | None:
+        """The record of the last step, or None before any."""
+        return self.control.last_record
+
     def attach(self, controller: Controller | None, features: FeatureBuilder | None) -> None:
         """Let `controller` choose k before every step from `features`' observation."""
-        if (controller is None) != (features is None):
-            raise ValueError("a controller needs a feature builder, and vice versa")
-        self.controller = controller
-        self.features = features
+        self.control.attach(controller, features)
 
     def use_cost_model(self, cost_model: CostModel | None) -> None:
         """Time steps by `cost_model` (the model clock, drafting k_max every step), or by
         the wall clock when None."""
-        self.cost_model = cost_model
+        self.control.cost_model = cost_model
 
     def set_next(self, k: int, per_request: Mapping[str, int] | None = None) -> None:
         """Use k (and per-request overrides) for the next step only, bypassing the controller."""
-        checked = check_k(k, self.k_max)
-        overrides = {
-            rid: check_k(rk, self.k_max, f"k for request {rid!r}")
-            for rid, rk in (per_request or {}).items()
-        }
-        self._next = Decision(checked, overrides)
+        self.control.set_next(k, per_request)
 
     def add_listener(self, listener: StepListener) -> None:
         """Call `listener(record)` after every step."""
-        self._listeners.append(listener)
+        self.control.listeners.append(listener)
 
     def name_request(self, internal_id: str, name: str) -> None:
         """Report `internal_id` (vLLM's id, with its random suffix) as `name` in records."""
@@ -132,7 +133,7 @@ class SpecControlScheduler(Scheduler):
     def add_request(self, request: Request) -> None:
         """Queue a new request and count it as an arrival."""
         super().add_request(request)
-        self._num_arrived += 1
+        self.control.arrived()
 
     def finish_requests(
         self, request_ids: str | Iterable[str] | None, finished_status: RequestStatus
@@ -147,27 +148,35 @@ class SpecControlScheduler(Scheduler):
         """Apply this step's k, let vLLM schedule, then set the drafting budget."""
         t0, c0 = time.perf_counter(), time.thread_time()
         started_at = self.clock()
-        self._apply(self._decide(started_at))
+        names = self._names
+        running = list(self.running)
+        ks = self.control.begin(
+            started_at,
+            [(names.get(r.request_id, r.request_id), len(r.spec_token_ids)) for r in running],
+            self._draft_views,
+            self._prefill_waiting,
+        )
+        for request, k in zip(running, ks, strict=True):
+            if len(request.spec_token_ids) > k:
+                request.spec_token_ids = request.spec_token_ids[:k]
 
         output = super().schedule(*args, **kwargs)
 
         self._step_start = (t0, c0, started_at)
-        self._step_before = {}
-        for rid, num_tokens in output.num_scheduled_tokens.items():
-            request = self.requests[rid]
-            # schedule() already advanced num_computed_tokens by this step's tokens. A request
-            # prefills (or recomputes after preemption) until all but its last token are in.
-            computed_before = request.num_computed_tokens - num_tokens
-            prefilling = computed_before < max(request.num_prompt_tokens, request.num_tokens - 1)
-            self._step_before[rid] = (
-                request,
-                prefilling,
-                request.num_output_tokens,
-                computed_before,
+        # schedule() already advanced num_computed_tokens by this step's tokens.
+        self._step_before = {
+            rid: (
+                self.requests[rid],
+                self.requests[rid].num_output_tokens,
+                self.requests[rid].num_computed_tokens - num_tokens,
             )
+            for rid, num_tokens in output.num_scheduled_tokens.items()
+        }
         if self.k_max > 0:
             output.num_spec_tokens_to_schedule = (
-                self.k_max if self.cost_model is not None else self._draft_budget()
+                self.k_max
+                if self.cost_model is not None
+                else self.control.draft_budget({names.get(r.request_id) for r in self.running})
             )
         return output
 
@@ -183,144 +192,72 @@ class SpecControlScheduler(Scheduler):
             for rid in scheduler_output.num_scheduled_tokens
         }
         outputs = super().update_from_output(scheduler_output, model_runner_output)
-        record = self._record(scheduler_output, num_sampled)
-        self.last_record = record
-        if self.controller is not None:
-            self.features.update(record)
-            self.controller.observe(record)
-        for listener in self._listeners:
-            listener(record)
+        self._record(scheduler_output, num_sampled)
         return outputs
 
     # --- internals -------------------------------------------------------------------------
-
-    def _decide(self, now: float) -> Decision:
-        if self._next is not None:
-            decision, self._next = self._next, None
-            return decision
-        if self.controller is not None:
-            peek = getattr(self.controller, "peek", None)
-            if peek is not None:  # a hindsight reference (agents.oracle) sees the drafts first
-                peek(self._draft_views(), self._prefill_waiting())
-            decision = self.controller.decide(self.features.build(now))
-            check_k(decision.k, self.k_max, f"k from controller {self.controller.name}")
-            return decision
-        return Decision(self._k, self._overrides)
-
-    def _apply(self, decision: Decision) -> None:
-        self._k = decision.k
-        self._overrides = dict(decision.per_request or {})
-        step_k: dict[str, int] = {}
-        proposed: dict[str, int] = {}
-        for request in self.running:
-            rid = request.request_id
-            k = self._overrides.get(self._names.get(rid, rid), self._k)
-            step_k[rid] = k
-            proposed[rid] = len(request.spec_token_ids)
-            if proposed[rid] > k:
-                request.spec_token_ids = request.spec_token_ids[:k]
-        self._step_k = step_k
-        self._step_proposed = proposed
-
-    def _draft_budget(self) -> int:
-        # One budget for the whole batch: the largest k any running request may verify next
-        # step; next step's truncation trims the others.
-        if not self._overrides:
-            return self._k
-        running = {self._names.get(r.request_id, r.request_id) for r in self.running}
-        return max([self._k, *(k for rid, k in self._overrides.items() if rid in running)])
 
     def _record(self, out: SchedulerOutput, num_sampled: Mapping[str, int]) -> StepRecord:
         t0, c0, started_at = self._step_start
         wall_time = time.perf_counter() - t0
         cpu_time = time.thread_time() - c0
-        finished: list[FinishedRequest] = []
-        decode_tokens = spec_tokens = prefill_tokens = 0
+        names = self._names
+        drafts = out.scheduled_spec_decode_tokens
+        before = [self._step_before[rid] for rid in out.num_scheduled_tokens]
+        scheduled = [
+            Scheduled(
+                request_id=names.get(request.request_id, request.request_id),
+                num_new=num_tokens,
+                drafted=len(drafts.get(request.request_id, ())),
+                context=context,
+                prompt_len=request.num_prompt_tokens,
+                num_tokens=request.num_prompt_tokens + outputs_before,
+            )
+            for (request, outputs_before, context), num_tokens in zip(
+                before, out.num_scheduled_tokens.values(), strict=True
+            )
+        ]
+        step_time, prefills = self.control.price(scheduled, wall_time)
 
-        # What each request computed comes first: on the model clock the step's end, and so
-        # every token time, is priced from it.
-        computed = []
-        parts: list[tuple[int, int, int]] = []  # what StepLoad.build prices, per request
-        for rid, num_tokens in out.num_scheduled_tokens.items():
-            request, prefilling, outputs_before, computed_before = self._step_before[rid]
-            drafted = len(out.scheduled_spec_decode_tokens.get(rid, ()))
+        outcomes = []
+        for s, (request, outputs_before, _), prefill in zip(
+            scheduled, before, prefills, strict=True
+        ):
             # vLLM's own count: every sampled token past the first is an accepted draft.
-            accepted = max(num_sampled[rid] - 1, 0) if drafted else 0
-            prefill = num_tokens - drafted if prefilling else 0
-            prefill_tokens += prefill
-            spec_tokens += drafted
-            decode_tokens += 0 if prefilling else 1
-            computed.append(
-                (rid, request, drafted, accepted, prefill, outputs_before, computed_before)
-            )
-            parts.append((prefill, computed_before, drafted))
-        if self.cost_model is not None:
-            step_time = self.cost_model.seconds(StepLoad.build(parts))
-        else:
-            step_time = wall_time
-        finished_at = started_at + step_time
-
-        requests: list[RequestStep] = []
-        for rid, request, drafted, accepted, prefill, outputs_before, context in computed:
-            name = self._names.get(rid, rid)
-            generated = request.num_output_tokens - outputs_before
-            if generated and rid not in self._first_token_at:
-                self._first_token_at[rid] = finished_at
-            first_token_at = self._first_token_at.get(rid)
-            requests.append(
-                RequestStep(
-                    request_id=name,
-                    k=self._step_k.get(rid, self._overrides.get(name, self._k)),
-                    drafted=drafted,
+            accepted = max(num_sampled[request.request_id] - 1, 0) if s.drafted else 0
+            outcomes.append(
+                Outcome(
+                    request_id=s.request_id,
+                    drafted=s.drafted,
                     accepted=accepted,
-                    generated=generated,
-                    prefill_tokens=prefill,
+                    generated=request.num_output_tokens - outputs_before,
+                    prefill=prefill,
                     output_tokens=request.num_output_tokens,
-                    first_token_at=first_token_at,
-                    context=context,
-                    proposed=self._step_proposed.get(rid, 0),
+                    context=s.context,
+                    hits=None,
+                    finished=request.is_finished(),
+                    arrival_time=request.arrival_time,
+                    prompt_len=s.prompt_len,
                 )
             )
-            if request.is_finished():
-                finished.append(
-                    FinishedRequest(
-                        request_id=name,
-                        arrival_at=request.arrival_time,
-                        first_token_at=first_token_at
-                        if first_token_at is not None
-                        else finished_at,
-                        finished_at=finished_at,
-                        prompt_tokens=request.num_prompt_tokens,
-                        output_tokens=request.num_output_tokens,
-                    )
-                )
-                self._forget(rid)
-
         num_running, num_waiting = self.get_request_counts()
         waiting_arrivals = [r.arrival_time for r in self.waiting]
-        self._num_steps += 1
-        record = StepRecord(
-            step=self._num_steps - 1,
+        record = self.control.record(
+            outcomes,
             started_at=started_at,
             step_time=step_time,
-            k=self._k,
             draft_budget=out.num_spec_tokens_to_schedule,
-            batch_size=len(out.num_scheduled_tokens),
             num_running=num_running,
             num_waiting=num_waiting,
-            num_arrived=self._num_arrived,
-            decode_tokens=decode_tokens,
-            spec_tokens=spec_tokens,
-            prefill_tokens=prefill_tokens,
             prefill_tokens_waiting=self._prefill_waiting(),
             oldest_waiting_arrival=min(waiting_arrivals) if waiting_arrivals else None,
             kv_cache_usage=self.get_kv_cache_usage(),
-            requests=tuple(requests),
-            finished=tuple(finished),
             wall_time=wall_time,
             cpu_time=cpu_time,
         )
-        self._num_arrived = 0
+        for request, _, _ in before:
+            if request.is_finished():
+                self._names.pop(request.request_id, None)
         return record
 
     def _prefill_waiting(self) -> int:
@@ -346,5 +283,4 @@ class SpecControlScheduler(Scheduler):
         ]
 
     def _forget(self, rid: str) -> None:
-        self._first_token_at.pop(rid, None)
-        self._overrides.pop(self._names.pop(rid, rid), None)
+        self.control.forget(self._names.pop(rid, rid))

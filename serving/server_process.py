@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from serving.config import PROJECT_ROOT
+from agents.paths import PROJECT_ROOT
 from serving.launch import SERVED_NAME
 
 

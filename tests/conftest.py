@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 
 import pytest
 
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-
+from agents.paths import CACHE_ENV, LM_DIR
 from envs.traces import PromptFactory
-from serving.config import LM_DIR, EngineConfig
+from serving.config import EngineConfig
+from serving.threads import limit_threads
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+# Tables the tests record go to a cache of the test run's own (and of the commands it starts).
+_CACHE = tempfile.TemporaryDirectory(prefix="turbospec-test-cache-")
+os.environ[CACHE_ENV] = _CACHE.name
+
+limit_threads()  # before any test loads torch, and for the processes tests start
 
 METHODS = ("ngram", "draft_model")
 TEST_ENGINE = {"k_max": 4, "max_num_seqs": 8, "max_num_batched_tokens": 1024, "max_model_len": 512}

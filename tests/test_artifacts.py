@@ -13,9 +13,10 @@ import yaml
 from agents.cost import load_profile
 from agents.features import FeatureBuilder, FeatureConfig
 from agents.guarded import GuardedController
+from agents.paths import PROJECT_ROOT, SHIPPED_POLICY
 from agents.policy import PPOController
 from agents.registry import ControllerContext, build_controller, parse_controller
-from serving.config import PROJECT_ROOT, SHIPPED_POLICY, default_profile_path
+from serving.config import default_profile_path
 
 CHECKPOINTS = PROJECT_ROOT / "checkpoints"
 

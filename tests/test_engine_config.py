@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
-from serving.config import LM_DIR, EngineConfig, ModelDirError, read_model_config
+from agents.controller import check_k
+from agents.paths import LM_DIR
+from serving.config import EngineConfig, ModelDirError, read_model_config
 from serving.live_engine import LiveEngine
-from serving.scheduler_hook import check_k
 
 
 @pytest.fixture

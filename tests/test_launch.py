@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import REGISTRY
 
+from agents.paths import PROJECT_ROOT, SHIPPED_POLICY
 from agents.records import RequestStep, StepRecord
 from envs.ledger import SLO
-from serving.config import PROJECT_ROOT, SHIPPED_POLICY, default_profile_path
+from serving.config import default_profile_path
 from serving.controller_settings import (
     DEFAULT_TPOT_SLO_S,
     DEFAULT_TTFT_SLO_S,

@@ -13,10 +13,10 @@ from agents.cost import LinearCost
 from agents.cost.load import load_of
 from agents.features import FeatureBuilder, FeatureConfig
 from agents.goodput import GoodputController
+from agents.paths import LM_DIR
 from envs.ledger import SLO
 from envs.replayer import WorkloadReplayer
 from envs.traces import PromptFactory, ReplayOptions, apply_replay, load_trace
-from serving.config import LM_DIR
 
 COST = LinearCost(0.004, 2e-4, 1e-4, 5e-4, 1e-6, 1e-4)
 TRACE = "synthetic:bursty?rate=12&cv=2&duration=3&input_mean=64&output_mean=32&seed=3"
@@ -98,16 +98,16 @@ def test_wall_clock_drafts_at_the_chosen_budget(engine):
 def capture_proposals(engine, store):
     """Record every running request's full proposal at every output position it drafts at."""
     scheduler = engine.scheduler
-    original = scheduler._apply
+    original = scheduler.control.begin
 
-    def apply(decision):
+    def begin(*args):
         for request in scheduler.running:
             if request.spec_token_ids:
                 name = scheduler._names.get(request.request_id, request.request_id)
                 store[(name, request.num_output_tokens)] = tuple(request.spec_token_ids)
-        original(decision)
+        return original(*args)
 
-    scheduler._apply = apply
+    scheduler.control.begin = begin
     return original
 
 
@@ -119,11 +119,11 @@ def test_proposals_are_prefix_consistent_and_counterfactuals_hold(engine, k):
     original = capture_proposals(engine, full)
     try:
         records_full, outputs = replay(engine, k=engine.k_max)
-        engine.scheduler._apply = original
+        engine.scheduler.control.begin = original
         capture_proposals(engine, short)
         records_short, outputs_short = replay(engine, cost=None, k=k)
     finally:
-        engine.scheduler._apply = original
+        engine.scheduler.control.begin = original
     assert outputs == outputs_short  # greedy outputs do not depend on k or the clock
     shared = set(full) & set(short)
     assert len(shared) > 10

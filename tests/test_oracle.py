@@ -9,7 +9,8 @@ import pytest
 
 from agents.cost import LinearCost, load_profile
 from agents.features import FeatureConfig
-from agents.oracle import DraftView, StepOracle, accepted
+from agents.oracle import StepOracle, accepted
+from agents.records import DraftView
 from agents.registry import ControllerContext, build_controller, parse_controller
 from tests.factories import observation
 
@@ -34,16 +35,22 @@ def test_the_oracle_picks_the_best_rate_for_the_step():
     chooser = oracle()
     # a: all four drafts right; b: none. k=4 gains 4 tokens for 8 verified (18 ms): 6/0.018
     # = 333 tok/s; k=0: 2/0.010 = 200; k=1: 3/0.012 = 250; so k = 4.
-    chooser.peek([DraftView("a", 0, 10, (1, 2, 3, 4)), DraftView("b", 0, 10, (9, 9, 9, 9))], 0)
+    chooser.see_drafts(
+        [DraftView("a", 0, 10, (1, 2, 3, 4)), DraftView("b", 0, 10, (9, 9, 9, 9))], 0
+    )
     assert chooser.decide(observation(2)).k == 4
     # Both wrong: speculation only costs.
-    chooser.peek([DraftView("a", 0, 10, (9, 9, 9, 9)), DraftView("b", 0, 10, (9, 9, 9, 9))], 0)
+    chooser.see_drafts(
+        [DraftView("a", 0, 10, (9, 9, 9, 9)), DraftView("b", 0, 10, (9, 9, 9, 9))], 0
+    )
     assert chooser.decide(observation(2)).k == 0
 
 
 def test_the_per_request_oracle_verifies_only_what_will_be_accepted():
     chooser = oracle(per_request=True)
-    chooser.peek([DraftView("a", 0, 10, (1, 2, 3, 9)), DraftView("b", 0, 10, (9, 9, 9, 9))], 0)
+    chooser.see_drafts(
+        [DraftView("a", 0, 10, (1, 2, 3, 9)), DraftView("b", 0, 10, (9, 9, 9, 9))], 0
+    )
     decision = chooser.decide(observation(2))
     assert decision.k == 3 and decision.per_request == {"a": 3, "b": 0}
 
@@ -52,7 +59,7 @@ def test_prompt_tokens_waiting_take_the_budget_the_drafts_leave():
     chooser = oracle()
     views = [DraftView("a", 0, 10, (1, 2, 3, 4))]
     assert chooser._load(views, [4]).prefill == ()  # nothing waits
-    chooser.peek(views, 100)
+    chooser.see_drafts(views, 100)
     assert chooser._load(views, [4]).prefill_tokens == 64 - 5
     assert chooser._load(views, [0]).prefill_tokens == 64 - 1
 

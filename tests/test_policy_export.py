@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from agents.cost import LinearCost
 from agents.features import SCHEMA_VERSION, feature_bounds, feature_names
 from agents.goodput import GoodputController
+from agents.paths import PROJECT_ROOT
 from agents.policy import (
     ARTIFACT_CORRUPT,
     ARTIFACT_MISMATCH,
@@ -35,7 +36,6 @@ from agents.policy import (
 )
 from agents.records import RequestStep
 from agents.static import StaticController
-from serving.config import PROJECT_ROOT
 from tests.factories import decode_step, observation
 from training.export import config_hash, export_policy
 

@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from agents.paths import LM_DIR, SHIPPED_POLICY
 from envs.traces import PromptFactory
-from serving.config import LM_DIR, SHIPPED_POLICY
 from serving.server_process import ServerProcess, completion_request
 from tests import serving_faults
 from tests.serving_client import Completion, complete, metric

@@ -14,15 +14,17 @@ import envs  # noqa: F401  (registers SpecDecodeTwin-v0)
 from agents.features import FeatureBuilder, FeatureConfig
 from agents.goodput import GoodputController
 from agents.oracle import StepOracle
+from agents.paths import LM_DIR
 from envs.config import EnvConfig
 from envs.ledger import SLO
 from envs.replayer import WorkloadReplayer, plan_requests
 from envs.spec_decode_env import SpecDecodeEnv, SpecDecodeTwinEnv
 from envs.traces import PromptFactory, ReplayOptions, apply_replay, load_trace
 from envs.twin.engine import TwinEngine
-from envs.twin.record import TableSource, TwinReplayer, read_limits, record_table, table_key
+from envs.twin.record import TableSource, record_table, table_key
+from envs.twin.replayer import TwinReplayer
 from envs.twin.tables import AcceptanceTable, TableError
-from serving.config import LM_DIR
+from serving.limits import read_limits
 from tests.test_model_clock import COST
 
 TRACE = "synthetic:bursty?rate=12&cv=2&duration=3&input_mean=64&output_mean=32&seed=3"

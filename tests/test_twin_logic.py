@@ -16,16 +16,17 @@ from agents.cost.load import load_of
 from agents.features import FeatureBuilder, FeatureConfig
 from agents.oracle import StepOracle, accepted
 from envs.twin.engine import NO_MATCH, TwinEngine
-from envs.twin.scheduler import TwinLimits, TwinRequest, TwinScheduler
+from envs.twin.scheduler import TwinRequest, TwinScheduler
 from envs.twin.tables import AcceptanceTable, TableError, TableKey, requests_digest
 from serving.config import EngineConfig
+from serving.limits import SchedulingLimits
 
 COST = LinearCost(0.004, 2e-4, 1e-4, 5e-4, 1e-6, 1e-4)
 CONFIG = EngineConfig(k_max=4, max_num_seqs=8, max_num_batched_tokens=256, max_model_len=512)
 
 
-def limits(**changes) -> TwinLimits:
-    base = TwinLimits(
+def limits(**changes) -> SchedulingLimits:
+    base = SchedulingLimits(
         k_max=4,
         max_num_seqs=8,
         max_num_active=8,
@@ -229,9 +230,9 @@ def test_the_oracle_sees_drafts_that_reproduce_the_tables_hits():
     outputs = {rid: row.tokens[: row.output_len] for rid, row in rows.items()}
     oracle = StepOracle(COST, 4, outputs, max_num_batched_tokens=256)
     checked = []
-    original = oracle.peek
+    original = oracle.see_drafts
 
-    def peek(views, waiting):
+    def see_drafts(views, waiting):
         for v in views:
             row = rows[v.request_id]
             if v.drafts:
@@ -242,7 +243,7 @@ def test_the_oracle_sees_drafts_that_reproduce_the_tables_hits():
                 checked.append(v)
         original(views, waiting)
 
-    oracle.peek = peek
+    oracle.see_drafts = see_drafts
     config = FeatureConfig(k_max=4, max_num_seqs=8, max_num_batched_tokens=256,
                            ttft_slo_s=1.0, tpot_slo_s=0.05)  # fmt: skip
     engine.attach(oracle, FeatureBuilder(config))

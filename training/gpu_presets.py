@@ -28,8 +28,9 @@ from typing import Any
 from agents.cost.load import StepLoad
 from agents.cost.profile import PROFILE_DIR, load_profile, save_profile
 from agents.cost.roofline import Transformer
+from agents.paths import PROJECT_ROOT
 from envs.config import EnvConfig
-from serving.config import PROJECT_ROOT, EngineConfig, read_model_config
+from serving.config import EngineConfig, read_model_config
 
 GPU_PROFILES = PROJECT_ROOT.parent / "shared" / "gpu-profiles"
 """Where the shared GPU timings live (../shared/gpu-profiles from the project root)."""

@@ -11,7 +11,7 @@ replays on the engine's twin (`envs.twin`) instead, in model time.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -24,11 +24,9 @@ from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
 from envs.spec_decode_env import feature_config
 from envs.traces import PromptFactory, Trace
-from envs.twin.engine import TwinEngine
-from envs.twin.record import TableSource, TwinReplayer
-
-if TYPE_CHECKING:  # a twin bench never imports vLLM
-    from serving.live_engine import LiveEngine
+from envs.twin.record import TableSource
+from envs.twin.replayer import TwinReplayer
+from serving.engine import Engine
 
 TIMELINE = ("t", "k", "batch", "queue", "goodput")
 """What a replay's timeline holds per step: end time, k, batch size, queue depth, goodput."""
@@ -135,7 +133,7 @@ class Bench:
             else (profile if speculates else engine_profile(env.profile, config)).cost
             for speculates, config in configs.items()
         }
-        self.engines: dict[bool, LiveEngine | TwinEngine] = {}
+        self.engines: dict[bool, Engine] = {}
         self.replayers: dict[bool, WorkloadReplayer] = {}
         if twin is not None:
             self.engines[True] = engine = twin.twin()

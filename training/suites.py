@@ -20,10 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.config import PROJECT_ROOT
+from agents.paths import SHARED_TRACES
 
-SHARED_TRACES = PROJECT_ROOT.parent / "shared" / "traces"
-"""The real traces, beside the project (never copied into it)."""
 SYNTHETIC_S = 1200.0
 """Length of the synthetic suite traces, seconds."""
 

@@ -24,8 +24,8 @@ from typing import Any
 from agents.cost.fitted import LinearCost
 from agents.cost.model import CostModel
 from agents.cost.table import TableCost
+from agents.paths import PROFILE_DIR
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "profiles"
 """Where profiles ship; a bare name resolves to `<name>.json` here."""
 METHODS = ("ngram", "draft_model", "none")
 """Speculation methods ("none": the engine does not speculate)."""

@@ -13,7 +13,7 @@ Everything the twin runs is pure Python and numpy; only recording builds a live 
 """
 
 from envs.twin.engine import TwinEngine
-from envs.twin.scheduler import TwinLimits, TwinScheduler
+from envs.twin.scheduler import TwinScheduler
 from envs.twin.tables import AcceptanceTable, TableError, TableKey
 
-__all__ = ["AcceptanceTable", "TableError", "TableKey", "TwinEngine", "TwinLimits", "TwinScheduler"]
+__all__ = ["AcceptanceTable", "TableError", "TableKey", "TwinEngine", "TwinScheduler"]

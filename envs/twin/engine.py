@@ -6,7 +6,7 @@ evaluation bench and every controller use it unchanged) and does, step by step, 
 scheduler hook (`serving.scheduler_hook`) does around vLLM on the model clock:
 
 - before a step: the k for the step (from `step(k, ...)`, else the attached controller,
-  which first peeks at the drafts if it is a hindsight oracle, else the last k), and each
+  which first sees the drafts if it is `DraftAware`, else the last k), and each
   running request's k (per-request overrides over the global k), to which its drafts are cut;
 - the step: vLLM's scheduling (`envs.twin.scheduler`); the target's verdict on the drafts
   from the acceptance table (min(hits[p], drafts verified) at the request's position p);
@@ -14,6 +14,9 @@ scheduler hook (`serving.scheduler_hook`) does around vLLM on the model clock:
   hook drafts k_max every step on the model clock), `proposed[p]` drafts from the table;
 - the step's seconds from the cost model, priced from a `StepLoad` built as the hook builds
   it; the same `StepRecord` with every field filled as the hook fills it.
+
+The decision, the cuts, the pricing and the records are the step-control core
+(`serving.step_control`) the hook drives too; this class adapts its own requests to it.
 
 Only greedy requests (temperature 0): a sampled request's output and acceptance depend on the
 k schedule, so no table holds for it, and `add_request` refuses it. The wall clock is not
@@ -25,14 +28,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from agents.controller import Controller, Decision, check_k
-from agents.cost import CostModel, StepLoad
+from agents.controller import Controller
+from agents.cost import CostModel
 from agents.features import FeatureBuilder
-from agents.oracle import DraftView
-from agents.records import FinishedRequest, RequestStep, StepRecord
-from envs.twin.scheduler import TwinLimits, TwinRequest, TwinScheduler
+from agents.records import DraftView, StepRecord
+from envs.twin.scheduler import TwinRequest, TwinScheduler
 from envs.twin.tables import AcceptanceTable, TableError, TableRow
 from serving.config import EngineConfig
+from serving.limits import SchedulingLimits
+from serving.step_control import Outcome, Scheduled, StepControl
 
 NO_MATCH = -1
 """A draft token id that matches no output token (ids are >= 0): what an oracle's view of a
@@ -45,7 +49,7 @@ class TwinEngine:
     def __init__(
         self,
         config: EngineConfig,
-        limits: TwinLimits,
+        limits: SchedulingLimits,
         *,
         clock: Callable[[], float] = time.time,
         cost_model: CostModel | None = None,
@@ -63,22 +67,35 @@ class TwinEngine:
         self.limits = limits
         self.clock = clock
         """The clock that stamps arrivals, steps and token times."""
-        self.cost_model = cost_model
-        """What prices each step (the twin runs on the model clock only)."""
-        self.controller: Controller | None = None
-        self.features: FeatureBuilder | None = None
+        self.control = StepControl(config.k_max)
+        """The decisions, cuts, pricing and records (`serving.step_control`)."""
+        self.control.cost_model = cost_model
         self.outputs: dict[str, list[int]] = {}
         """Generated token ids of every finished request, by request id."""
         self._scheduler = TwinScheduler(limits)
         self._rows: dict[str, TableRow] = {}
         self._requests: dict[str, TwinRequest] = {}
-        self._k = config.k_max
-        self._overrides: dict[str, int] = {}
-        self._next: Decision | None = None
-        self._num_steps = 0
-        self._num_arrived = 0
 
     # --- the live engine's interface -------------------------------------------------------
+
+    @property
+    def cost_model(self) -> CostModel | None:
+        """What prices each step (the twin runs on the model clock only)."""
+        return self.control.cost_model
+
+    @cost_model.setter
+    def cost_model(self, cost_model: CostModel | None) -> None:
+        self.control.cost_model = cost_model
+
+    @property
+    def controller(self) -> Controller | None:
+        """The attached controller, or None."""
+        return self.control.controller
+
+    @property
+    def features(self) -> FeatureBuilder | None:
+        """The attached controller's feature builder, or None."""
+        return self.control.features
 
     @property
     def k_max(self) -> int:
@@ -178,7 +195,7 @@ class TwinEngine:
         )
         self._requests[request_id] = request
         self._scheduler.add(request)
-        self._num_arrived += 1
+        self.control.arrived()
 
     def step(
         self, k: int | None = None, per_request: Mapping[str, int] | None = None
@@ -193,11 +210,7 @@ class TwinEngine:
         if self.cost_model is None:
             raise RuntimeError("the twin runs on the model clock only: set a cost model")
         if k is not None:
-            overrides = {
-                rid: check_k(rk, self.k_max, f"k for request {rid!r}")
-                for rid, rk in (per_request or {}).items()
-            }
-            self._next = Decision(check_k(k, self.k_max), overrides)
+            self.control.set_next(k, per_request)
         elif per_request:
             raise ValueError("per_request overrides need a global k as well")
         return self._step()
@@ -206,12 +219,11 @@ class TwinEngine:
         """A copy of this engine's state that steps on its own from here, with no controller
         and no arrivals: what a lookahead tries each k on (`envs.twin.lookahead`)."""
         now = self.clock()
-        twin = TwinEngine(self.config, self.limits, clock=lambda: now, cost_model=self.cost_model)
+        twin = TwinEngine(self.config, self.limits, clock=lambda: now)
+        twin.control = self.control.copy()
         twin._scheduler, copies = self._scheduler.fork()
         twin._requests = {rid: copies[id(r)] for rid, r in self._requests.items()}
         twin._rows = self._rows
-        twin._k, twin._overrides = self._k, dict(self._overrides)
-        twin._num_steps = self._num_steps
         return twin
 
     def warm_up(self, batch_size: int = 4, steps_per_k: int = 3) -> None:
@@ -219,10 +231,7 @@ class TwinEngine:
 
     def attach(self, controller: Controller | None, features: FeatureBuilder | None) -> None:
         """Let `controller` choose k at every step `step()` is called without one."""
-        if (controller is None) != (features is None):
-            raise ValueError("a controller needs a feature builder, and vice versa")
-        self.controller = controller
-        self.features = features
+        self.control.attach(controller, features)
 
     def abort(self, request_ids: Sequence[str]) -> None:
         """Drop the given requests, wherever they are; others keep running."""
@@ -230,15 +239,13 @@ class TwinEngine:
             request = self._requests.pop(rid, None)
             if request is not None:
                 self._scheduler.abort(request)
-                self._overrides.pop(rid, None)
+                self.control.forget(rid)
 
     def reset(self) -> None:
         """Abort every unfinished request and forget all outputs (the table stays loaded)."""
         self.abort(list(self._requests))
         self.outputs.clear()
-        if self.features is not None:
-            self.features.reset()
-            self.controller.reset()
+        self.control.reset_controller()
 
     def close(self) -> None:
         """Nothing to free."""
@@ -254,137 +261,87 @@ class TwinEngine:
     def _step(self) -> StepRecord:
         t0, c0 = time.perf_counter(), time.thread_time()
         scheduler = self._scheduler
+        control = self.control
         started_at = self.clock()
-        decision = self._decide(started_at)
-
-        # The hook's _apply: each running request's k, its drafts cut to it.
-        self._k = k = decision.k
-        self._overrides = overrides = dict(decision.per_request or {})
-        step_k: dict[str, int] = {}
-        offered: dict[str, int] = {}
-        for request in scheduler.running:
-            rid = request.request_id
-            step_k[rid] = rk = overrides.get(rid, k)
-            offered[rid] = request.spec
-            if request.spec > rk:
-                request.spec = rk
+        running = scheduler.running
+        ks = control.begin(
+            started_at,
+            [(r.request_id, r.spec) for r in running],
+            self._draft_views,
+            self._prefill_waiting,
+        )
+        for request, k in zip(running, ks, strict=True):
+            if request.spec > k:
+                request.spec = k
 
         scheduled = scheduler.schedule()
+        computed = [
+            Scheduled(
+                request.request_id,
+                num_new,
+                drafted,
+                request.computed - num_new,
+                request.prompt_len,
+                request.prompt_len + request.num_outputs,
+            )
+            for request, num_new, drafted in scheduled
+        ]
+        step_time, prefills = control.price(computed, 0.0)
 
-        # What each request computed, then the model's verdict and vLLM's update.
-        parts: list[tuple[int, int, int]] = []
-        done: list[tuple[TwinRequest, int, int, int, int, int, int | None]] = []
-        decode_tokens = spec_tokens = prefill_tokens = 0
-        for request, num_new, drafted in scheduled:
-            context = request.computed - num_new
-            num_tokens = request.prompt_len + request.num_outputs
-            # vLLM's prefill boundary: the prompt, or for a resumed request all but its last
-            # token; a plain comparison is cheaper than max() in this loop.
-            prefilling = context < request.prompt_len or context < num_tokens - 1
-            prefill = num_new - drafted if prefilling else 0
-            prefill_tokens += prefill
-            spec_tokens += drafted
-            decode_tokens += 0 if prefilling else 1
-            parts.append((prefill, context, drafted))
+        # The model's verdict from the table, then vLLM's update of each request.
+        outcomes: list[Outcome] = []
+        propose = self.k_max > 0
+        finished = False
+        for (request, _, drafted), s, prefill in zip(scheduled, computed, prefills, strict=True):
             position = request.num_outputs
             hits = None
-            if request.computed < num_tokens:
+            if request.computed < s.num_tokens:
                 sampled = accepted = 0  # a prompt chunk short of the end samples nothing
             else:
                 matched = request.hits[position]
                 accepted = matched if matched < drafted else drafted
                 sampled = 1 + accepted
-                if not prefilling:
+                if not prefill:
                     hits = matched
-            done.append((request, drafted, accepted, sampled, prefill, context, hits))
-        step_time = self.cost_model.seconds(StepLoad.build(parts))
-        finished_at = started_at + step_time
-
-        requests: list[RequestStep] = []
-        finished: list[FinishedRequest] = []
-        propose = self.k_max > 0
-        for request, drafted, accepted, sampled, prefill, context, hits in done:
-            rid = request.request_id
-            before = request.num_outputs
             ended = scheduler.update(request, drafted, accepted, sampled)
-            generated = request.num_outputs - before
-            if generated and request.first_token_at is None:
-                request.first_token_at = finished_at
             if sampled and propose and not ended:
                 request.spec = request.proposed[request.num_outputs]
-            requests.append(
-                RequestStep(
-                    rid,
-                    step_k.get(rid, overrides.get(rid, k)),
+            outcomes.append(
+                Outcome(
+                    s.request_id,
                     drafted,
                     accepted,
-                    generated,
+                    request.num_outputs - position,
                     prefill,
                     request.num_outputs,
-                    request.first_token_at,
-                    context,
-                    offered.get(rid, 0),
+                    s.context,
                     hits,
+                    ended,
+                    request.arrival_time,
+                    s.prompt_len,
                 )
             )
             if ended:
-                finished.append(
-                    FinishedRequest(
-                        rid,
-                        request.arrival_time,
-                        request.first_token_at,
-                        finished_at,
-                        request.prompt_len,
-                        request.num_outputs,
-                    )
-                )
-                del self._requests[rid]
-                self._overrides.pop(rid, None)
-                self.outputs[rid] = request.tokens[: request.num_outputs]
+                del self._requests[s.request_id]
+                self.outputs[s.request_id] = request.tokens[: request.num_outputs]
+                finished = True
         if finished:
             scheduler.remove_finished()
 
         waiting = scheduler.waiting
-        record = StepRecord(
-            step=self._num_steps,
+        return control.record(
+            outcomes,
             started_at=started_at,
             step_time=step_time,
-            k=k,
             draft_budget=self.k_max,
-            batch_size=len(scheduled),
             num_running=len(scheduler.running),
             num_waiting=len(waiting),
-            num_arrived=self._num_arrived,
-            decode_tokens=decode_tokens,
-            spec_tokens=spec_tokens,
-            prefill_tokens=prefill_tokens,
             prefill_tokens_waiting=self._prefill_waiting(),
             oldest_waiting_arrival=min(r.arrival_time for r in waiting) if waiting else None,
             kv_cache_usage=scheduler.usage,
-            requests=tuple(requests),
-            finished=tuple(finished),
             wall_time=time.perf_counter() - t0,
             cpu_time=time.thread_time() - c0,
         )
-        self._num_steps += 1
-        self._num_arrived = 0
-        if self.controller is not None:
-            self.features.update(record)
-            self.controller.observe(record)
-        return record
-
-    def _decide(self, now: float) -> Decision:
-        if self._next is not None:
-            decision, self._next = self._next, None
-            return decision
-        if self.controller is not None:
-            peek = getattr(self.controller, "peek", None)
-            if peek is not None:  # a hindsight reference (agents.oracle) sees the drafts first
-                peek(self._draft_views(), self._prefill_waiting())
-            decision = self.controller.decide(self.features.build(now))
-            check_k(decision.k, self.k_max, f"k from controller {self.controller.name}")
-            return decision
-        return Decision(self._k, self._overrides)
 
     def _prefill_waiting(self) -> int:
         """Prompt tokens not yet computed, over waiting and partly prefilled requests."""

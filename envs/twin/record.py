@@ -3,22 +3,21 @@
 - Acceptance tables (`envs.twin.tables`): the live engine replays a workload's requests at
   k = 0 on the model clock, all added at once (arrival times do not change greedy outputs or
   drafts), so every request advances one token per step and visits every output position.
-  The hook drafts k_max every step on the model clock, and a controller with `peek` sees
+  The hook drafts k_max every step on the model clock, and a `DraftAware` controller sees
   every decoding request's whole proposal before each step; comparing each proposal with the
   request's final output gives `proposed[p]` and `hits[p]` exactly. Each request is run k_max
   tokens past its output length (within max_model_len), so drafts that reach past the end are
   checked against what the target would have produced there, as the live engine checks them.
-- Engine limits (`envs.twin.scheduler.TwinLimits`): read from a live engine's scheduler, once
+- Engine limits (`envs.twin.scheduler.SchedulingLimits`): read from a live engine's scheduler, once
   per engine config (KV blocks depend on the models and the cache size).
 
-Both are cached under `runs/cache/` (not in git), keyed by content hashes; a live engine is
-built only on a miss. `TwinReplayer` is the workload replayer of a twin: before a replay it
-draws the replay's prompts ahead (from a copy of its generator) and loads their table.
+Both are cached in the user's cache directory (`agents.paths.cache_dir`: outside the work
+tree, so they survive between runs and clones on one machine), keyed by content hashes; a
+live engine is built only on a miss.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -30,22 +29,23 @@ import numpy as np
 from agents.controller import Decision
 from agents.cost import StepLoad
 from agents.features import FeatureBuilder, FeatureConfig, Observation
-from agents.oracle import DraftView, accepted
-from agents.records import StepRecord
-from envs.replayer import PlannedRequest, WorkloadReplayer, plan_requests
-from envs.traces import Trace
+from agents.oracle import accepted
+from agents.paths import cache_dir as cache_dir_default
+from agents.records import DraftView, StepRecord
+from envs.replayer import PlannedRequest
 from envs.twin.engine import TwinEngine
-from envs.twin.scheduler import TwinLimits
-from envs.twin.tables import AcceptanceTable, TableError, TableKey, requests_digest
-from serving.config import PROJECT_ROOT, EngineConfig
+from envs.twin.tables import (
+    AcceptanceTable,
+    RecentTables,
+    TableError,
+    TableKey,
+    requests_digest,
+)
+from serving.config import EngineConfig
+from serving.limits import SchedulingLimits, read_limits
 
 if TYPE_CHECKING:
     from serving.live_engine import LiveEngine
-
-CACHE_DIR = PROJECT_ROOT / "runs" / "cache"
-"""Where tables (`acceptance/`) and engine limits (`twin-limits/`) are cached."""
-RECENT_TABLES = 16
-"""Tables a source keeps in memory, so episodes that revisit a window skip the file."""
 
 
 class _ProposalLog:
@@ -63,7 +63,7 @@ class _ProposalLog:
     def reset(self) -> None:
         """Keep the log: the recording resets nothing mid-way."""
 
-    def peek(self, views: Sequence[DraftView], prefill_waiting: int) -> None:
+    def see_drafts(self, views: Sequence[DraftView], prefill_waiting: int) -> None:
         """Log the drafts each decoding request holds before the step."""
         for view in views:
             key = (view.request_id, view.position)
@@ -189,61 +189,6 @@ def record_table(
     )
 
 
-def read_limits(engine: LiveEngine) -> TwinLimits:
-    """The scheduling limits of a live engine, as its vLLM scheduler holds them.
-
-    Raises ValueError if the engine's configuration needs scheduling the twin does not model
-    (see `envs.twin.scheduler`).
-    """
-    s = engine.scheduler
-    if s is None:
-        raise ValueError("a plain engine (stock scheduler) is not what the twin models")
-    groups = s.kv_cache_config.kv_cache_groups
-    unmodelled = {
-        "prefix caching": s.cache_config.enable_prefix_caching,
-        "chunked prefill off": not s.scheduler_config.enable_chunked_prefill,
-        "async scheduling": bool(s.scheduler_config.async_scheduling),
-        "a non-FCFS policy": s.policy.name != "FCFS",
-        "a KV connector": s.connector is not None,
-        "LoRA": s.lora_config is not None,
-        "prefill lookahead": s.num_prefill_lookahead > 0,
-        "an adaptive long-prefill threshold": bool(s.adaptive_long_prefill_threshold),
-        "padded drafts": s.num_spec_tokens > 0 and s.dynamic_sd_lookup is None,
-        "KV groups other than full attention of one block size": any(
-            type(g.kv_cache_spec).__name__ != "FullAttentionSpec"
-            or g.kv_cache_spec.block_size != s.block_size
-            for g in groups
-        ),
-    }
-    found = [name for name, present in unmodelled.items() if present]
-    if found:
-        raise ValueError(f"the twin does not model this engine's {', '.join(found)}")
-    spec = s.vllm_config.speculative_config
-    return TwinLimits(
-        k_max=s.num_spec_tokens,
-        max_num_seqs=s.max_num_running_reqs,
-        max_num_active=s.max_num_active_reqs,
-        max_num_scheduled_tokens=s.max_num_scheduled_tokens,
-        max_num_batched_tokens=s.scheduler_config.max_num_batched_tokens,
-        draft_slots=spec.max_num_new_slots_for_drafting if spec is not None else 0,
-        lookahead=s.num_lookahead_tokens,
-        max_model_len=s.max_model_len,
-        block_size=s.block_size,
-        num_blocks=s.kv_cache_manager.block_pool.num_gpu_blocks,
-        kv_groups=len(groups),
-        long_prefill_threshold=s.scheduler_config.long_prefill_token_threshold,
-        watermark_blocks=s.kv_cache_manager.watermark_blocks,
-        reserve_full_sequence=bool(s.scheduler_reserve_full_isl),
-    )
-
-
-def _remember(recent: dict, key, table: AcceptanceTable) -> None:
-    """Keep `table` under `key` among the last `RECENT_TABLES`, dropping the oldest."""
-    if len(recent) >= RECENT_TABLES:
-        recent.pop(next(iter(recent)))
-    recent[key] = table
-
-
 class TableSource:
     """Tables and limits for twins of one engine config: from the cache, else recorded.
 
@@ -253,18 +198,19 @@ class TableSource:
     def __init__(
         self,
         config: EngineConfig,
-        cache_dir: Path = CACHE_DIR,
+        cache_dir: Path | None = None,
         engine: LiveEngine | None = None,
     ) -> None:
-        """`engine`, if given, must be built with `config`; the caller keeps owning it."""
+        """`engine`, if given, must be built with `config`; the caller keeps owning it.
+        `cache_dir` defaults to the user's cache (`agents.paths.cache_dir`)."""
         if engine is not None and engine.config != config:
             raise ValueError("the recording engine must be built with the twin's config")
         self.config = config
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_dir_default()
         self.model_id = config.model_id()
         self._engine = engine
         self._owns_engine = engine is None
-        self._recent: dict[str, AcceptanceTable] = {}
+        self._recent = RecentTables()
         self.recorded = 0
         """Tables recorded (not found in the cache) by this source."""
 
@@ -282,16 +228,16 @@ class TableSource:
             table = record_table(self._live(), plan, key, description)
             table.save(path)
             self.recorded += 1
-        _remember(self._recent, key.digest, table)
+        self._recent.put(key.digest, table)
         return table
 
-    def limits(self) -> TwinLimits:
+    def limits(self) -> SchedulingLimits:
         """The engine's scheduling limits: cached, or read from a live engine and saved."""
         fields = json.dumps(self.config.as_dict() | {"model_id": self.model_id}, sort_keys=True)
         digest = hashlib.sha256(fields.encode()).hexdigest()[:32]
         path = self.cache_dir / "twin-limits" / f"{digest}.json"
         if path.is_file():
-            return TwinLimits(**json.loads(path.read_text()))
+            return SchedulingLimits(**json.loads(path.read_text()))
         limits = read_limits(self._live())
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(limits.as_dict(), indent=1))
@@ -315,37 +261,4 @@ class TableSource:
         return self._engine
 
 
-class TwinReplayer(WorkloadReplayer):
-    """A workload replayer on a twin: loads each workload's acceptance table before it."""
-
-    def __init__(self, engine: TwinEngine, source: TableSource, *args, **kwargs) -> None:
-        """`args` and `kwargs` as `WorkloadReplayer` takes them after the engine."""
-        super().__init__(engine, *args, **kwargs)
-        self.source = source
-        self._recent: dict[tuple, AcceptanceTable] = {}
-
-    def start(self, workload: Trace, rng: np.random.Generator) -> None:
-        """Load the table of the requests this replay will add (drawn ahead from a copy of
-        rng, as the replay draws them), then start as the live replayer does."""
-        if self.engine.k_max and len(workload):
-            # The same requests from the same generator state draw the same prompts: a
-            # window replayed again (another controller, a pooled episode) skips the draws.
-            state = json.dumps(rng.bit_generator.state, sort_keys=True)
-            key = (workload.source, workload.requests, state)
-            table = self._recent.get(key)
-            if table is None:
-                plan = plan_requests(workload, self.prompts, self.temperatures, copy.deepcopy(rng))
-                description = json.dumps(workload.describe(), default=str)
-                table = self.source.table(plan, description)
-                _remember(self._recent, key, table)
-            self.engine.load(table)
-        super().start(workload, rng)
-
-
-__all__ = [
-    "CACHE_DIR",
-    "TableSource",
-    "TwinReplayer",
-    "read_limits",
-    "record_table",
-]
+__all__ = ["TableSource", "record_table"]

@@ -29,7 +29,7 @@ Where this differs from vLLM, on purpose:
   changes what is scheduled.
 - No async scheduling, pipeline parallelism, priorities, encoder inputs, KV connectors,
   structured output, Mamba alignment or streaming sessions: our engines use none of them, and
-  `record.read_limits` refuses a live engine whose configuration would need them.
+  `serving.limits.read_limits` refuses a live engine whose configuration would need them.
 - The CUDA-graph padding of resumed requests to k_max drafts is not modelled: the hook turns
   it off (it declares a dynamic draft schedule), so the live engine never pads either.
 
@@ -40,60 +40,11 @@ records are the engine's business (`envs.twin.engine`); this module is vLLM's bo
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass
+
+from serving.limits import SchedulingLimits
 
 WAITING, RUNNING, PREEMPTED, FINISHED = range(4)
 """A twin request's status, as vLLM's RequestStatus names them."""
-
-
-@dataclass(frozen=True)
-class TwinLimits:
-    """The engine limits the twin schedules under, as the live engine has them.
-
-    `record.read_limits` reads them from a live engine's scheduler once per engine config
-    (KV blocks depend on the models and the cache size); they are cached beside the tables.
-    """
-
-    k_max: int
-    """Drafts proposed per request per step (vLLM's num_speculative_tokens)."""
-    max_num_seqs: int
-    """Running slots (`max_num_running_reqs`)."""
-    max_num_active: int
-    """Admission limit into running (`max_num_active_reqs`; max_num_seqs unless set)."""
-    max_num_scheduled_tokens: int
-    """Token budget of a step."""
-    max_num_batched_tokens: int
-    """Input budget of a step, from which each scheduled request also takes `draft_slots`."""
-    draft_slots: int
-    """Extra input slots per scheduled request for drafting (1 for a draft model, else 0)."""
-    lookahead: int
-    """KV slots reserved past a request's scheduled tokens for the drafter (k_max for a
-    draft model, else 0)."""
-    max_model_len: int
-    """Longest prompt plus output."""
-    block_size: int
-    """Tokens per KV-cache block."""
-    num_blocks: int
-    """Blocks in the pool, including vLLM's null block (so num_blocks - 1 are usable)."""
-    kv_groups: int = 1
-    """KV-cache groups: each takes its own blocks from the shared pool for every request."""
-    long_prefill_threshold: int = 0
-    """vLLM's long_prefill_token_threshold (0: off)."""
-    watermark_blocks: int = 0
-    """Blocks kept free when admitting waiting requests (vLLM's watermark)."""
-    reserve_full_sequence: bool = True
-    """Admit a waiting request only if its whole known sequence fits in the free blocks."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_scheduled_tokens", "max_model_len", "block_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TwinLimits: {name}={getattr(self, name)} must be >= 1")
-        if self.num_blocks < 2 or self.kv_groups < 1:
-            raise ValueError("TwinLimits: need num_blocks >= 2 and kv_groups >= 1")
-
-    def as_dict(self) -> dict:
-        """A JSON-able record of every field."""
-        return asdict(self)
 
 
 class TwinRequest:
@@ -107,7 +58,6 @@ class TwinRequest:
         "arrival_time",
         "blocks",
         "computed",
-        "first_token_at",
         "hits",
         "max_tokens",
         "num_outputs",
@@ -142,7 +92,6 @@ class TwinRequest:
         self.blocks = 0
         """KV blocks it holds, per group."""
         self.status = WAITING
-        self.first_token_at: float | None = None
         self.proposed = proposed
         self.hits = hits
         self.tokens = tokens
@@ -163,7 +112,7 @@ class TwinRequest:
 class TwinScheduler:
     """vLLM's scheduler state and decisions over `TwinRequest`s (see the module)."""
 
-    def __init__(self, limits: TwinLimits) -> None:
+    def __init__(self, limits: SchedulingLimits) -> None:
         self.limits = limits
         self.running: list[TwinRequest] = []
         self.waiting: deque[TwinRequest] = deque()

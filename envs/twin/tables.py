@@ -227,6 +227,26 @@ class AcceptanceTable:
         return table
 
 
+class RecentTables:
+    """The last few tables used, by key, so that episodes revisiting a window skip the file
+    (and the prompt draws); the oldest is dropped first."""
+
+    SIZE = 16
+
+    def __init__(self) -> None:
+        self._tables: dict = {}
+
+    def get(self, key) -> AcceptanceTable | None:
+        """The table kept under `key`, or None."""
+        return self._tables.get(key)
+
+    def put(self, key, table: AcceptanceTable) -> None:
+        """Keep `table` under `key`, dropping the oldest beyond `SIZE`."""
+        if len(self._tables) >= self.SIZE:
+            self._tables.pop(next(iter(self._tables)))
+        self._tables[key] = table
+
+
 class TableRow(NamedTuple):
     """One request's part of a table (see `AcceptanceTable.row`)."""
 
