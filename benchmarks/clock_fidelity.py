@@ -23,11 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from agents.registry import parse_controller
+from envs.build import resolve
 from envs.config import EnvConfig
 from envs.traces import apply_replay, load_trace
 from serving.config import EngineConfig
 from training.bootstrap import ratio_interval
-from training.replays import Bench, bench_config
+from training.replays import Bench
 from training.suites import REGIONS
 
 MEASURES = ("goodput_tps", "goodput_under_slo_tps")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         profile=args.profile,
     )
     try:
-        model_env, profile = bench_config(model_env)
+        model_env, profile = resolve(model_env)
         if not profile.measured:
             raise ValueError(f"{profile.name} prices a GPU: this machine cannot check it")
     except ValueError as err:

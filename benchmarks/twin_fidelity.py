@@ -33,13 +33,14 @@ import numpy as np
 
 from agents.paths import cache_dir
 from agents.registry import parse_controller
+from envs.build import resolve
 from envs.config import EnvConfig
 from envs.replayer import plan_requests
 from envs.traces import apply_replay, load_trace
 from envs.twin.lookahead import LookaheadOracle
 from envs.twin.record import TableSource
 from serving.config import EngineConfig
-from training.replays import Bench, bench_config
+from training.replays import Bench
 from training.replays import replay as replay_window
 from training.suites import REGIONS
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         profile=args.profile,
     )
     try:
-        env, profile = bench_config(env)
+        env, profile = resolve(env)
         if args.kv_cache_gib is not None:
             env = replace(env, engine=replace(env.engine, kv_cache_gib=args.kv_cache_gib))
         k_max = env.engine.k_max
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     live = Bench(env, profile)
     source = TableSource(env.engine, args.cache_dir, engine=live.engines[True])
-    twin = Bench(env, profile, twin=source)
+    twin = Bench(replace(env, twin=True), profile, source=source)
     limits = source.limits()
     results = {engine: {s.name: [] for s in specs} for engine in ENGINES}
     lookahead: list[dict] = []

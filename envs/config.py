@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from agents.features import DEFAULT_WINDOW, FeatureConfig
 from envs.clock import check_clock
 from envs.ledger import SLO
 from envs.reward import RewardWeights
@@ -50,7 +51,7 @@ class EnvConfig:
     """Mix of prompt styles (source, shuffled, random): sets how predictable requests are."""
     temperatures: tuple[float, ...] = (0.0,)
     """Sampling temperatures drawn uniformly per request (above 0 lowers acceptance)."""
-    feature_window: int = 8
+    feature_window: int = DEFAULT_WINDOW
     """Steps of acceptance history in the observation."""
     clock: str = "model"
     """model: a step lasts what the profile's cost model says it computed (replays repeat to
@@ -109,6 +110,24 @@ class EnvConfig:
             max_output_tokens=self.max_output_tokens,
         )
 
+    def features(self) -> FeatureConfig:
+        """The feature builder's normalisers for this environment's engine and SLOs."""
+        return feature_config(self.engine, self.slo, self.feature_window)
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able record of every option."""
         return asdict(self)
+
+
+def feature_config(engine: EngineConfig, slo: SLO, window: int = DEFAULT_WINDOW) -> FeatureConfig:
+    """The feature builder's normalisers for `engine` under `slo`: its k_max, running slots
+    and token budget (vLLM's max_num_batched_tokens, which serving reads from vLLM's scheduler
+    config), and the two objectives. The one place they are built from an engine's config."""
+    return FeatureConfig(
+        k_max=engine.k_max,
+        max_num_seqs=engine.max_num_seqs,
+        max_num_batched_tokens=engine.max_num_batched_tokens,
+        ttft_slo_s=slo.ttft_s,
+        tpot_slo_s=slo.tpot_s,
+        window=window,
+    )

@@ -26,17 +26,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from agents.features import FeatureBuilder, FeatureConfig, Observation, feature_bounds
+from agents.features import FeatureBuilder, Observation, feature_bounds
 from agents.goodput import GoodputController
-from envs.clock import deployment_limits, engine_profile
+from envs.build import build_replay, resolve
 from envs.config import EnvConfig
-from envs.replayer import WorkloadReplayer
 from envs.reward import RunningReference, counterfactual, step_reward
-from envs.traces import PromptFactory, Trace, apply_replay, load_trace
+from envs.traces import Trace, apply_replay, load_trace
 from envs.twin.engine import TwinEngine
 from envs.twin.record import TableSource
-from envs.twin.replayer import TwinReplayer
-from serving.config import EngineConfig
 from serving.engine import Engine
 
 
@@ -59,51 +56,29 @@ class SpecDecodeEnv(gym.Env):
         source: TableSource | None = None,
     ):
         """Load the trace and the cost profile, then build the engine (or use `engine`, which
-        the caller owns). A deployment profile (gpu, roofline) sets the engine limits and
-        SLOs of the deployment it prices. With `config.twin` the engine is a `TwinEngine`,
-        whose acceptance tables and limits come from `source` (which the caller owns), by
-        default from the cache under runs/cache, recorded on a live engine built on a miss."""
+        the caller owns) and its replayer (`envs.build`). A deployment profile (gpu, roofline)
+        sets the engine limits and SLOs of the deployment it prices. With `config.twin` the
+        engine is a `TwinEngine`, whose acceptance tables and limits come from `source` (the
+        caller's), by default from the user's cache, recorded on a live engine on a miss."""
         config = config or EnvConfig()
-        self.profile = engine_profile(config.profile, engine.config if engine else config.engine)
-        engine_config, slo = deployment_limits(self.profile, config.engine, config.slo)
-        self.config = config = replace(config, engine=engine_config, slo=slo)
-        self.trace: Trace = load_trace(self.config.trace, self.config.trace_format)
+        if engine is not None:  # its profile must fit the engine given, which keeps its limits
+            config, self.profile = resolve(replace(config, engine=engine.config))
+            config = replace(config, engine=engine.config)
+        else:
+            config, self.profile = resolve(config)
+        self.config = config
+        self.trace: Trace = load_trace(config.trace, config.trace_format)
         if len(self.trace) == 0:
-            raise ValueError(f"trace {self.config.trace} has no requests")
-        if (engine is not None) and isinstance(engine, TwinEngine) != config.twin:
-            raise ValueError(
-                f"config.twin={config.twin} but the engine given is a {type(engine).__name__}"
-            )
-        self._owns_engine = engine is None
-        self._owns_source = source is None
-        if config.twin and source is None:
-            source = TableSource(config.engine)
-        if source is not None and source.config != config.engine:
-            raise ValueError("the table source is for another engine config than the env's")
-        self.source = source
+            raise ValueError(f"trace {config.trace} has no requests")
+        self._setup = build_replay(config, self.profile, engine=engine, source=source)
+        self.engine = self._setup.engine
+        self.source = self._setup.source
         """Where a twin's acceptance tables and limits come from (None on the live engine)."""
-        if engine is None and config.twin:
-            engine = self.source.twin()
-        elif engine is None:
-            from serving.live_engine import LiveEngine
-
-            engine = LiveEngine(config.engine)
-        self.engine = engine
+        self.replayer = self._setup.replayer
         if self.engine.k_max < 1:
+            self.close()
             raise ValueError("SpecDecode-v0 needs an engine with speculation (k_max >= 1)")
-        prompts = PromptFactory(self.engine.config.model, weights=self.config.prompt_styles)
-        args = (
-            prompts,
-            self.config.slo,
-            self.config.temperatures,
-            self.profile.cost if self.config.clock == "model" else None,
-        )
-        self.replayer = (
-            TwinReplayer(self.engine, self.source, *args)
-            if config.twin
-            else WorkloadReplayer(self.engine, *args)
-        )
-        self.features = FeatureBuilder(feature_config(self.config, self.engine.config))
+        self.features = FeatureBuilder(config.features())
         self.reference = RunningReference(self.config.reward)
         # The reward's baseline: the goodput controller, deciding on the same observations.
         self.baseline: GoodputController | None = None
@@ -196,11 +171,11 @@ class SpecDecodeEnv(gym.Env):
     def close(self) -> None:
         """Free the engine if this environment built it; reset() and step() refuse from now on."""
         self._closed = True
-        if self._owns_engine and getattr(self, "engine", None) is not None:
-            self.engine.close()
-            self.engine = None
-        if getattr(self, "source", None) is not None and self._owns_source:
-            self.source.close()
+        setup = getattr(self, "_setup", None)
+        if setup is not None:
+            if setup.owns_engine:
+                self.engine = None
+            setup.close()
 
     # --- internals -------------------------------------------------------------------------
 
@@ -231,18 +206,6 @@ class SpecDecodeEnv(gym.Env):
             f"no requests in a {config.window_s} s window of {config.trace}"
             + (f" starting at {start} s" if fixed else "")
         )
-
-
-def feature_config(config: EnvConfig, engine: EngineConfig) -> FeatureConfig:
-    """The feature builder's normalisers for an environment on an engine."""
-    return FeatureConfig(
-        k_max=engine.k_max,
-        max_num_seqs=engine.max_num_seqs,
-        max_num_batched_tokens=engine.max_num_batched_tokens,
-        ttft_slo_s=config.slo.ttft_s,
-        tpot_slo_s=config.slo.tpot_s,
-        window=config.feature_window,
-    )
 
 
 class SpecDecodeTwinEnv(SpecDecodeEnv):

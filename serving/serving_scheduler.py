@@ -38,6 +38,21 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
+def serving_features(
+    scheduler: SpecControlScheduler, settings: ControllerSettings
+) -> FeatureConfig:
+    """The feature normalisers a served controller sees, from vLLM's own config: the same as
+    training's for the same engine (`envs.config.feature_config`: k_max, running slots and
+    the input budget max_num_batched_tokens) under the settings' SLOs."""
+    return FeatureConfig(
+        k_max=scheduler.k_max,
+        max_num_seqs=scheduler.scheduler_config.max_num_seqs,
+        max_num_batched_tokens=scheduler.scheduler_config.max_num_batched_tokens,
+        ttft_slo_s=settings.ttft_slo_s,
+        tpot_slo_s=settings.tpot_slo_s,
+    )
+
+
 class ServingScheduler(SpecControlScheduler):
     """The speculation-control hook with a controller built from vLLM's additional_config."""
 
@@ -69,15 +84,9 @@ class ServingScheduler(SpecControlScheduler):
             speculative = self.vllm_config.speculative_config
             method = speculative.method if speculative is not None else None
             profile = load_profile(settings.profile, method=method)
-        feature_config = FeatureConfig(
-            k_max=self.k_max,
-            max_num_seqs=self.max_num_running_reqs,
-            max_num_batched_tokens=self.max_num_scheduled_tokens,
-            ttft_slo_s=settings.ttft_slo_s,
-            tpot_slo_s=settings.tpot_slo_s,
-        )
-        context = ControllerContext.from_features(feature_config, profile)
-        return build_controller(spec, context), FeatureBuilder(feature_config)
+        features = serving_features(self, settings)
+        context = ControllerContext.from_features(features, profile)
+        return build_controller(spec, context), FeatureBuilder(features)
 
     def _watch(self, controller: Controller | None) -> None:
         """Log which controller decides and keep the metrics told of every switch."""

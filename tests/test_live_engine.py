@@ -8,7 +8,11 @@ from collections.abc import Callable
 import pytest
 
 from agents.records import StepRecord
+from envs.config import feature_config
+from envs.ledger import SLO
+from serving.controller_settings import ControllerSettings
 from serving.live_engine import LiveEngine
+from serving.serving_scheduler import serving_features
 
 OUTPUT_LENS = (24, 40, 17, 33, 9, 48)
 
@@ -218,3 +222,11 @@ def test_reset_clears_every_request(engine, prompt_factory):
     assert engine.outputs == {}
     with pytest.raises(RuntimeError, match="no unfinished requests"):
         engine.step(1)
+
+
+def test_serving_normalises_features_as_training_does(engine):
+    # The served controller's features come from vLLM's config, training's from the engine
+    # config it was built with: the same normalisers, or a policy sees other inputs in serving.
+    settings = ControllerSettings("goodput", ttft_slo_s=0.7, tpot_slo_s=0.04)
+    served = serving_features(engine.scheduler, settings)
+    assert served == feature_config(engine.config, SLO(ttft_s=0.7, tpot_s=0.04))

@@ -45,13 +45,14 @@ import numpy as np
 
 from agents.cost import Profile
 from agents.registry import NAMES_HELP, ORACLES, ControllerSpec, parse_controller
+from envs.build import resolve
 from envs.config import DEFAULT_TRACE, EnvConfig
 from envs.traces import Trace, apply_replay, load_trace
 from serving.config import EngineConfig
 from training.bootstrap import geometric_mean, ratio_interval
 from training.cli import deprecated_alias
 from training.ratio import UNDEFINED, format_ratio, ratio
-from training.replays import Bench, bench_config
+from training.replays import Bench
 from training.suites import REGIONS, SUITES, region_of, suite
 
 METRICS = (
@@ -529,7 +530,7 @@ def check_inputs(args: argparse.Namespace) -> Plan:
         profile=args.profile,
         twin=args.twin,
     )
-    env, profile = bench_config(env)
+    env, profile = resolve(env)
     slo = {"ttft_s": args.ttft_slo_s, "tpot_s": args.tpot_slo_s}
     env = replace(env, slo=replace(env.slo, **{k: v for k, v in slo.items() if v is not None}))
     specs = [parse_controller(name, env.engine.k_max) for name in args.controllers.split(",")]

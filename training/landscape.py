@@ -21,11 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from agents.registry import parse_controller
+from envs.build import resolve
 from envs.config import EnvConfig
 from envs.traces import apply_replay, load_trace
 from serving.config import EngineConfig
 from training.evaluate import Entry, Run, Sample, evaluate, replays_path
-from training.replays import Bench, bench_config
+from training.replays import Bench
 from training.suites import REGIONS
 
 
@@ -94,7 +95,7 @@ def check_inputs(args: argparse.Namespace):
         profile=args.profile,
         twin=args.twin,
     )
-    env, profile = bench_config(env)
+    env, profile = resolve(env)
     trace = load_trace(spec)
     if region is not None:
         starts = region.starts(args.windows, args.window_s, [r.arrival_s for r in trace.requests])

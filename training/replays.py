@@ -19,13 +19,12 @@ from agents.controller import Controller
 from agents.cost import Profile, load_profile
 from agents.features import FeatureBuilder, FeatureConfig
 from agents.registry import ControllerContext, ControllerSpec, build_controller
-from envs.clock import deployment_limits, engine_profile
+from envs.build import ReplaySetup, build_replay, resolve
+from envs.build import plain as plain_env
 from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer
-from envs.spec_decode_env import feature_config
-from envs.traces import PromptFactory, Trace
+from envs.traces import Trace
 from envs.twin.record import TableSource
-from envs.twin.replayer import TwinReplayer
 from serving.engine import Engine
 
 TIMELINE = ("t", "k", "batch", "queue", "goodput")
@@ -83,14 +82,6 @@ def replay(
     return Replay(replayer.ledger.metrics(), timeline, dict(engine.outputs), replayer.steps)
 
 
-def bench_config(env: EnvConfig) -> tuple[EnvConfig, Profile]:
-    """The environment with the limits and SLOs of its profile's deployment (if it prices
-    one), and the profile; raises before any engine starts if the profile does not fit."""
-    profile = engine_profile(env.profile, env.engine)
-    engine, slo = deployment_limits(profile, env.engine, env.slo)
-    return replace(env, engine=engine, slo=slo), profile
-
-
 class Bench:
     """Engines and replayers for replaying workloads under any controller on one clock."""
 
@@ -100,68 +91,60 @@ class Bench:
         profile: Profile,
         *,
         plain: bool = False,
-        twin: TableSource | None = None,
+        source: TableSource | None = None,
     ) -> None:
         """Build the speculating engine (and, with `plain`, one without speculation) for
-        `env`, as `bench_config` returned it, and warm them up.
+        `env`, as `envs.build.resolve` returned it, and warm them up.
 
-        With `twin` (or `env.twin`, which records into the default cache), the speculating
-        engine is a twin whose tables and limits come from that source, on the model clock;
-        `nospec`'s plain engine stays live (the twin does not model it).
+        With `env.twin` the speculating engine is a twin whose tables and limits come from
+        `source` (the caller's; by default the user's cache), on the model clock; `nospec`'s
+        plain engine stays live.
         """
-        if (twin is not None or env.twin) and env.clock != "model":
+        if env.twin and env.clock != "model":
             raise ValueError("a twin bench runs the speculating engine on the model clock only")
-        self._source = TableSource(env.engine) if twin is None and env.twin else None
-        if twin is None:
-            twin = self._source
         self.env = env
         self.profile = profile
-        self.features = feature_config(env, env.engine)
+        self.features = env.features()
         acceptance = None
         if not profile.measured:
             # A deployment prices hardware; the acceptance is the model pair's own.
             acceptance = load_profile(env.engine.method, method=env.engine.method).acceptance
         self.context = ControllerContext.from_features(self.features, profile, acceptance)
-        prompts = PromptFactory(env.engine.model, weights=env.prompt_styles)
-        configs = {True: env.engine}
-        if plain:
-            configs[False] = replace(env.engine, method="none", k_max=0)
         # Every profile is resolved before any engine starts, so a missing one fails first.
-        costs = {
-            speculates: None
-            if env.clock == "wall"
-            else (profile if speculates else engine_profile(env.profile, config)).cost
-            for speculates, config in configs.items()
-        }
-        self.engines: dict[bool, Engine] = {}
-        self.replayers: dict[bool, WorkloadReplayer] = {}
-        if twin is not None:
-            self.engines[True] = engine = twin.twin()
-            self.replayers[True] = TwinReplayer(
-                engine, twin, prompts, env.slo, env.temperatures, profile.cost
-            )
-        for speculates, config in configs.items():
-            if speculates in self.engines:
-                continue
-            from serving.live_engine import LiveEngine
-
-            engine = LiveEngine(config)
-            engine.warm_up()
-            self.engines[speculates] = engine
-            self.replayers[speculates] = WorkloadReplayer(
-                engine, prompts, env.slo, env.temperatures, costs[speculates]
-            )
+        plans = {True: (env, profile)}
+        if plain:
+            plans[False] = resolve(replace(plain_env(env), twin=False))
+        self.setups: dict[bool, ReplaySetup] = {}
+        try:
+            for speculates, (config, cost_profile) in plans.items():
+                setup = build_replay(config, cost_profile, source=source if speculates else None)
+                self.setups[speculates] = setup
+                setup.engine.warm_up()
+        except BaseException:
+            self.close()
+            raise
         self._outputs: dict[Any, dict[str, list[int]]] = {}
+
+    @property
+    def engines(self) -> dict[bool, Engine]:
+        """The engines by whether they speculate."""
+        return {speculates: setup.engine for speculates, setup in self.setups.items()}
+
+    @property
+    def replayers(self) -> dict[bool, WorkloadReplayer]:
+        """The replayers by whether their engine speculates."""
+        return {speculates: setup.replayer for speculates, setup in self.setups.items()}
 
     def run(self, spec: ControllerSpec, workload: Trace, seed: int) -> Replay:
         """Replay `workload` with the controller `spec` names (prompts drawn from `seed`)."""
-        if not spec.speculates and False not in self.replayers:
+        if not spec.speculates and False not in self.setups:
             raise ValueError(f"{spec.name} needs the bench built with plain=True")
         context = self.context
         if spec.kind in ("oracle", "oracle-per-request"):
             context = replace(context, outputs=self.outputs(workload, seed))
         controller = build_controller(spec, context)
-        result = replay(self.replayers[spec.speculates], workload, seed, controller, self.features)
+        replayer = self.setups[spec.speculates].replayer
+        result = replay(replayer, workload, seed, controller, self.features)
         if spec.speculates:
             self._outputs.setdefault(_key(workload, seed), result.outputs)
         return result
@@ -171,17 +154,15 @@ class Bench:
         or from a replay at k = 0 now (outputs do not depend on k)."""
         key = _key(workload, seed)
         if key not in self._outputs:
-            replayer = self.replayers[True]
+            replayer = self.setups[True].replayer
             self._outputs[key] = replay(replayer, workload, seed).outputs
         return self._outputs[key]
 
     def close(self) -> None:
         """Shut the engines down (together: vLLM tears down process-wide state with them)."""
-        for engine in self.engines.values():
-            engine.close()
-        self.engines.clear()
-        if self._source is not None:
-            self._source.close()
+        for setup in self.setups.values():
+            setup.close()
+        self.setups.clear()
 
 
 def _key(workload: Trace, seed: int) -> tuple:

@@ -296,11 +296,11 @@ def check_inputs(cfg: TrainConfig, train_env, eval_env) -> dict[str, Any]:
     Returns the environments with the engine limits and SLOs of a deployment profile, the
     held-back workload and the profile.
     """
+    from envs.build import resolve
     from envs.traces import apply_replay, load_trace
-    from training.replays import bench_config
 
-    train_env, profile = bench_config(train_env)
-    eval_env, _ = bench_config(eval_env)
+    train_env, profile = resolve(train_env)
+    eval_env, _ = resolve(eval_env)
 
     trace = load_trace(train_env.trace, train_env.trace_format)
     if trace.duration_s < cfg.window_s:

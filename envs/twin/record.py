@@ -28,10 +28,12 @@ import numpy as np
 
 from agents.controller import Decision
 from agents.cost import StepLoad
-from agents.features import FeatureBuilder, FeatureConfig, Observation
+from agents.features import FeatureBuilder, Observation
 from agents.oracle import accepted
 from agents.paths import cache_dir as cache_dir_default
 from agents.records import DraftView, StepRecord
+from envs.config import feature_config
+from envs.ledger import SLO
 from envs.replayer import PlannedRequest
 from envs.twin.engine import TwinEngine
 from envs.twin.tables import (
@@ -129,13 +131,7 @@ def record_table(
         raise ValueError("no requests to record")
     config = engine.config
     log = _ProposalLog()
-    features = FeatureConfig(
-        k_max=engine.k_max,
-        max_num_seqs=config.max_num_seqs,
-        max_num_batched_tokens=config.max_num_batched_tokens,
-        ttft_slo_s=1.0,
-        tpot_slo_s=0.05,
-    )
+    features = feature_config(config, SLO())
     now = [0.0]
     clock, cost = engine.clock, engine.cost_model
     try:
