@@ -6,7 +6,9 @@ import pytest
 
 from agents.registry import parse_controller
 from training.bootstrap import geometric_mean, ratio_interval
-from training.evaluate import Run, comparisons, format_comparisons
+from training.evaluation.compare import comparisons
+from training.evaluation.report import format_comparisons
+from training.evaluation.runs import Run
 
 
 def test_the_ratio_is_of_means_and_lies_inside_its_interval():

@@ -15,7 +15,10 @@ import pytest
 import training.evaluate as evaluate_module
 from agents.registry import parse_controller
 from training.bootstrap import ratio_interval
-from training.evaluate import METRICS, Run, comparisons, format_table, main, table
+from training.evaluate import main
+from training.evaluation.compare import METRICS, comparisons, table
+from training.evaluation.report import format_table
+from training.evaluation.runs import Run
 from training.replays import Replay
 
 ROOT = Path(__file__).resolve().parents[1]

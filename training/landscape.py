@@ -25,7 +25,7 @@ from envs.build import resolve
 from envs.config import EnvConfig
 from envs.traces import apply_replay, load_trace
 from serving.config import EngineConfig
-from training.evaluate import Entry, Run, Sample, evaluate, replays_path
+from training.evaluation.runs import Entry, Run, Sample, evaluate, replays_path
 from training.replays import Bench
 from training.suites import REGIONS
 
