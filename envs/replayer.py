@@ -54,6 +54,13 @@ def draw_request(
     )
 
 
+def requests_key(workload: Trace) -> tuple:
+    """What decides the prompts and greedy outputs a replay of `workload` gets (with the
+    generator's state): its source and its requests' lengths in order. Arrival times change
+    neither, so a workload at another rate scale shares the key."""
+    return workload.source, tuple((r.input_tokens, r.output_tokens) for r in workload.requests)
+
+
 def plan_requests(
     workload: Trace,
     prompts: PromptFactory,

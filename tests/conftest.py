@@ -1,4 +1,5 @@
-"""Shared fixtures: one live engine per speculation method for the whole session."""
+"""Shared fixtures: one live engine per speculation method (and one without speculation,
+method "none") for the whole session."""
 
 from __future__ import annotations
 
@@ -65,8 +66,9 @@ def _engines() -> Iterator[dict]:
     def get(method: str):
         if method not in built:
             recorder = SpecStatsRecorder()
+            limits = TEST_ENGINE | ({"k_max": 0} if method == "none" else {})
             engine = LiveEngine(
-                EngineConfig(method=method, **TEST_ENGINE), stat_loggers=[recorder.factory]
+                EngineConfig(method=method, **limits), stat_loggers=[recorder.factory]
             )
             built[method] = (engine, recorder)
         return built[method]

@@ -75,7 +75,7 @@ def test_windows_side_by_side_in_model_time_and_the_tables_repeat(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert tables(again.stdout).split("== ", 1)[1] == tables(done.stdout).split("== ", 1)[1]
 
-    # On the twin (speculating controllers; nospec stays live): the same tables again.
+    # On the twins (nospec's too): the same tables again.
     twin = evaluate(*args[:-4], "--twin")
     assert twin.returncode == 0, twin.stderr[-3000:]
     assert "ngram (twin), model clock" in twin.stdout

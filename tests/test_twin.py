@@ -178,6 +178,21 @@ def test_the_twin_repeats_a_live_window_step_by_step(engine, table):
         assert len({r.k for r in live}) > 1
 
 
+def test_the_twin_repeats_the_plain_engine_step_by_step(_engines):
+    # nospec replays on the twin too: an engine with no speculation needs no table.
+    plain, _ = _engines("none")
+    plain.reset()
+    twin = TwinEngine(plain.config, read_limits(plain), cost_model=COST)
+    live_replayer = WorkloadReplayer(plain, prompts(), SLO(), (0.0,), COST)
+    twin_replayer = WorkloadReplayer(twin, prompts(), SLO(), (0.0,), COST)
+    live = replay(live_replayer)
+    mirrored = replay(twin_replayer)
+    assert len(live) > 20 and all(r.spec_tokens == 0 and r.k == 0 for r in live)
+    assert max(r.num_running for r in live) >= 4  # batched, not one at a time
+    assert comparable(live) == comparable(mirrored)
+    assert live_replayer.ledger.metrics() == twin_replayer.ledger.metrics()
+
+
 def test_tables_are_cached_and_refused_for_another_engine(engine, tmp_path):
     source = TableSource(engine.config, tmp_path, engine=engine)
     first = source.table(plan())

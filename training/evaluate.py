@@ -14,10 +14,10 @@ Clocks (`--clock`): in model time (the default) each step lasts what the cost pr
 computed, so a replay repeats to the token and comparisons are exact for that profile; the
 analytic controllers predict with the same profile. In wall time a step lasts what this
 machine measured. The oracles (`oracle`, `oracle-per-request`: each step's best k knowing its
-acceptance) are model-time references. With `--twin` the speculating controllers replay on
-the engine's twin (`envs.twin`: exact against the live engine in model time, see
+acceptance) are model-time references. With `--twin` every controller replays on the
+engine's twin (`envs.twin`: exact against the live engine in model time, see
 docs/environment.md), its acceptance recorded once per window on the live engine; `nospec`
-stays on a live plain engine.
+on the twin of the plain engine, which needs no acceptance.
 
 Per trace it prints the mean metrics per controller, then, per adaptive controller, the
 geometric mean over samples of its goodput under SLO over the goodput controller's, the best
@@ -49,7 +49,7 @@ from training.cli import deprecated_alias
 from training.evaluation.report import report
 from training.evaluation.runs import Entry, Run, Sample, evaluate, replays_path
 from training.replays import Bench
-from training.suites import REGIONS, SUITES, region_of, suite
+from training.suites import REGIONS, SUITES, region_of, steady_state_problem, suite
 
 MAX_WINDOWS = 64
 """More windows than this in one evaluation is almost surely a start meant as a count."""
@@ -78,6 +78,8 @@ class Target:
     rate_scale: float
     window_s: float
     starts: list[float]
+    max_output_tokens: int | None = None
+    """Outputs are clipped to this (None: as the command line says)."""
 
 
 def window_starts(args: argparse.Namespace, trace: Trace) -> list[float]:
@@ -121,19 +123,25 @@ def targets(args: argparse.Namespace) -> list[Target]:
         label = f"{Path(args.trace).name} x{args.rate_scale:g}"
         starts = window_starts(args, trace)
         return [Target(label, trace, args.rate_scale, args.window_s, starts)]
-    entries = suite(args.suite)
-    # A suite replays some traces at two loads: each is loaded once.
+    entries = suite(args.suite).entries
+    # A suite replays some traces at several loads: each is loaded once.
     loaded = {e.region: load_trace(REGIONS[e.region].trace) for e in entries}
     found = []
     for e in entries:
         trace = loaded[e.region]
         starts = e.starts([r.arrival_s for r in trace.requests])
-        found.append(Target(e.label, trace, e.rate_scale, e.window_s, starts))
+        found.append(Target(e.label, trace, e.rate_scale, e.window_s, starts, e.max_output_tokens))
     return found
 
 
 def check_inputs(args: argparse.Namespace) -> Plan:
     """The evaluation's options, controllers and workloads, or the error that stops it."""
+    chosen = suite(args.suite) if args.suite is not None else None
+    profile = args.profile
+    if chosen is not None and chosen.profile is not None:
+        if profile not in (None, chosen.profile):
+            raise ValueError(f"suite {args.suite} is priced with {chosen.profile}, not {profile}")
+        profile = chosen.profile
     env = EnvConfig(
         trace=args.trace,
         trace_format=args.trace_format,
@@ -144,7 +152,7 @@ def check_inputs(args: argparse.Namespace) -> Plan:
         max_output_tokens=args.max_output_tokens,
         engine=EngineConfig(method=args.method, k_max=args.k_max, max_num_seqs=args.max_num_seqs),
         clock=args.clock,
-        profile=args.profile,
+        profile=profile,
         twin=args.twin,
     )
     env, profile = resolve(env)
@@ -162,13 +170,24 @@ def check_inputs(args: argparse.Namespace) -> Plan:
         )
     entries = []
     for target in targets(args):
-        options = replace(env, rate_scale=target.rate_scale, window_s=target.window_s)
+        options = replace(
+            env,
+            rate_scale=target.rate_scale,
+            window_s=target.window_s,
+            max_output_tokens=target.max_output_tokens or env.max_output_tokens,
+        )
         samples = []
         for start in target.starts:
             workload = apply_replay(target.trace, options.replay_options(start))
             if not len(workload):
                 raise ValueError(
                     f"no requests in the {target.window_s} s window at {start} s of {target.label}"
+                )
+            problem = steady_state_problem(workload, target.rate_scale, env.slo.tpot_s)
+            if chosen is not None and chosen.steady and problem is not None:
+                raise ValueError(
+                    f"suite {args.suite}, {target.label}: the window at {start} s cannot hold "
+                    f"steady state: {problem}"
                 )
             samples += [Sample(start, r + 1, workload) for r in range(args.repeats)]
         entries.append(Entry(target.label, samples, [Run(spec) for spec in specs]))
@@ -232,8 +251,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--twin",
         action="store_true",
-        help="replay the speculating controllers on the engine's twin (model clock; acceptance "
-        "recorded once per window on the live engine); nospec stays live",
+        help="replay on the engine's twin (model clock; acceptance recorded once per window on "
+        "the live engine); nospec on the plain engine's twin",
     )
     p.add_argument("--repeats", type=int, default=1, help="replays per window (wall clock only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts and temperatures")
@@ -288,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if error is not None:
         print(f"error: {error}; reporting the replays that finished", file=sys.stderr)
     print(f"\n{(time.perf_counter() - started) / 60:.1f} min of replays")
-    report(args, plan.entries, error)
+    report(args, plan.entries, env.engine.max_num_seqs, error)
     return status
 
 

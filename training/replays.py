@@ -10,7 +10,7 @@ replays on the engine's twin (`envs.twin`) instead, in model time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,10 +22,11 @@ from agents.registry import ControllerContext, ControllerSpec, build_controller
 from envs.build import ReplaySetup, build_replay, resolve
 from envs.build import plain as plain_env
 from envs.config import EnvConfig
-from envs.replayer import WorkloadReplayer
+from envs.replayer import WorkloadReplayer, requests_key
 from envs.traces import Trace
 from envs.twin.record import TableSource
 from serving.engine import Engine
+from training.evaluation.regime import RegimeMeter
 
 TIMELINE = ("t", "k", "batch", "queue", "goodput")
 """What a replay's timeline holds per step: end time, k, batch size, queue depth, goodput."""
@@ -43,6 +44,9 @@ class Replay:
     """Every request's generated tokens."""
     steps: int
     """Engine steps the replay took."""
+    regime: dict[str, float] = field(default_factory=dict)
+    """How full the engine was and how much of its time verification took
+    (`training.evaluation.regime`), when a meter was given."""
 
 
 def replay(
@@ -51,8 +55,10 @@ def replay(
     seed: int,
     controller: Controller | None = None,
     features: FeatureConfig | None = None,
+    meter: RegimeMeter | None = None,
 ) -> Replay:
-    """One full replay, `controller` choosing k inside the scheduler hook as in serving.
+    """One full replay, `controller` choosing k inside the scheduler hook as in serving, each
+    step folded into `meter` if given.
 
     Without a controller the engine keeps its k (nospec's engine has none to choose).
     """
@@ -64,6 +70,8 @@ def replay(
         replayer.start(workload, np.random.default_rng(seed))
         while not replayer.finished:
             record, _ = replayer.step()
+            if meter is not None:
+                meter.update(record)
             for key, value in zip(
                 TIMELINE,
                 (
@@ -79,7 +87,8 @@ def replay(
     finally:
         if controller is not None:
             engine.attach(None, None)
-    return Replay(replayer.ledger.metrics(), timeline, dict(engine.outputs), replayer.steps)
+    regime = meter.result() if meter is not None else {}
+    return Replay(replayer.ledger.metrics(), timeline, dict(engine.outputs), replayer.steps, regime)
 
 
 class Bench:
@@ -96,9 +105,9 @@ class Bench:
         """Build the speculating engine (and, with `plain`, one without speculation) for
         `env`, as `envs.build.resolve` returned it, and warm them up.
 
-        With `env.twin` the speculating engine is a twin whose tables and limits come from
-        `source` (the caller's; by default the user's cache), on the model clock; `nospec`'s
-        plain engine stays live.
+        With `env.twin` both are twins on the model clock: the speculating one's tables and
+        limits come from `source` (the caller's; by default the user's cache), the plain
+        one needs limits only (read once from a live plain engine, then cached).
         """
         if env.twin and env.clock != "model":
             raise ValueError("a twin bench runs the speculating engine on the model clock only")
@@ -113,7 +122,7 @@ class Bench:
         # Every profile is resolved before any engine starts, so a missing one fails first.
         plans = {True: (env, profile)}
         if plain:
-            plans[False] = resolve(replace(plain_env(env), twin=False))
+            plans[False] = resolve(plain_env(env))
         self.setups: dict[bool, ReplaySetup] = {}
         try:
             for speculates, (config, cost_profile) in plans.items():
@@ -143,8 +152,9 @@ class Bench:
         if spec.kind in ("oracle", "oracle-per-request"):
             context = replace(context, outputs=self.outputs(workload, seed))
         controller = build_controller(spec, context)
-        replayer = self.setups[spec.speculates].replayer
-        result = replay(replayer, workload, seed, controller, self.features)
+        setup = self.setups[spec.speculates]
+        meter = RegimeMeter(self.env.engine.max_num_seqs, setup.profile.cost)
+        result = replay(setup.replayer, workload, seed, controller, self.features, meter)
         if spec.speculates:
             self._outputs.setdefault(_key(workload, seed), result.outputs)
         return result
@@ -166,5 +176,6 @@ class Bench:
 
 
 def _key(workload: Trace, seed: int) -> tuple:
-    """What identifies a replay's requests and prompts: the same key, the same outputs."""
-    return workload.source, workload.requests, seed
+    """What identifies a replay's requests and prompts: the same key, the same outputs (at
+    any rate scale)."""
+    return requests_key(workload), seed

@@ -297,6 +297,8 @@ class TwinEngine:
             hits = None
             if request.computed < s.num_tokens:
                 sampled = accepted = 0  # a prompt chunk short of the end samples nothing
+            elif not propose:
+                sampled, accepted = 1, 0  # no speculation: one token, nothing to verify
             else:
                 matched = request.hits[position]
                 accepted = matched if matched < drafted else drafted

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 
-from envs.replayer import WorkloadReplayer, plan_requests
+from envs.replayer import WorkloadReplayer, plan_requests, requests_key
 from envs.traces import Trace
 from envs.twin.engine import TwinEngine
 from envs.twin.record import TableSource
@@ -32,7 +32,7 @@ class TwinReplayer(WorkloadReplayer):
             # The same requests from the same generator state draw the same prompts: a
             # window replayed again (another controller, a pooled episode) skips the draws.
             state = json.dumps(rng.bit_generator.state, sort_keys=True)
-            key = (workload.source, workload.requests, state)
+            key = (requests_key(workload), state)
             table = self._recent.get(key)
             if table is None:
                 plan = plan_requests(workload, self.prompts, self.temperatures, copy.deepcopy(rng))

@@ -17,6 +17,7 @@ from training.evaluation.compare import (
     summary,
     table,
 )
+from training.evaluation.regime import REGIME_KEYS, SLO_BINDS_BELOW, slo_binds
 from training.evaluation.runs import Entry
 from training.ratio import UNDEFINED, format_ratio
 
@@ -58,6 +59,51 @@ def format_table(rows: list[dict]) -> str:
 def _footnotes(reasons) -> list[str]:
     """One line per distinct reason (None skipped), saying why some ratios are n/a."""
     return [f"{UNDEFINED}: {why}" for why in dict.fromkeys(reasons) if why is not None]
+
+
+def regime(entry: Entry) -> dict:
+    """Per controller, the regime means over samples (`training.evaluation.regime`), and
+    whether the SLO binds by the plain engine's attainment (None without nospec)."""
+    per_controller = {
+        run.spec.name: {key: run.mean(key) for key in REGIME_KEYS if key in run.metrics[0]}
+        for run in entry.runs
+    }
+    plain = next((r for r in entry.runs if r.spec.kind == "nospec"), None)
+    attainment = plain.mean("slo_attainment") if plain is not None else None
+    return {
+        "controllers": per_controller,
+        "plain_attainment": attainment,
+        "slo_binds": slo_binds(attainment),
+    }
+
+
+def format_regime(found: dict, limit: int) -> str:
+    """The regime as a table, one row per controller, and whether the SLO binds."""
+    rows = found["controllers"]
+    width = name_width(list(rows))
+    lines = [
+        f"regime (engine-time weighted, means over samples; running and queue as shares of the "
+        f"{limit}-request limit; verify: share of engine time verifying drafts)",
+        f"{'controller':<{width}} {'running':>7} {'p90':>5} {'>=half':>6} {'queue':>6} "
+        f"{'verify':>6}",
+    ]
+    for name, row in rows.items():
+        if not row:
+            continue
+        lines.append(
+            f"{name:<{width}} {row['running_mean']:7.2f} {row['running_p90']:5.2f} "
+            f"{row['half_full']:6.2f} {row['queue_mean']:6.2f} {row['verify_share']:6.3f}"
+        )
+    binds = found["slo_binds"]
+    if binds is None:
+        lines.append("the plain engine did not run: whether the SLO binds is unknown")
+    else:
+        lines.append(
+            f"plain engine SLO attainment {found['plain_attainment']:.3f}: the SLO "
+            + ("binds" if binds else "does not bind")
+            + f" (below {SLO_BINDS_BELOW:g} it binds)"
+        )
+    return "\n".join(lines)
 
 
 def format_samples(entry: Entry) -> str:
@@ -171,9 +217,10 @@ def track(args: argparse.Namespace, record: dict, plots: list[Path]) -> None:
     run.finish()
 
 
-def report(args: argparse.Namespace, planned: list[Entry], error: str | None) -> None:
-    """Print the tables of what ran of the `planned` entries and save them as `args` (the
-    evaluation's command line: --json, --plot, --track) ask.
+def report(args: argparse.Namespace, planned: list[Entry], limit: int, error: str | None) -> None:
+    """Print the tables of what ran of the `planned` entries (on an engine of `limit` running
+    requests) and save them as `args` (the evaluation's command line: --json, --plot,
+    --track) ask.
 
     After a failure (`error`) the runs may hold different numbers of samples: only the
     samples every controller finished are compared.
@@ -193,6 +240,8 @@ def report(args: argparse.Namespace, planned: list[Entry], error: str | None) ->
         found = comparisons(entry.runs)
         print(f"\n== {entry.label} ({len(entry.samples)} samples) ==")
         print(format_table(rows))
+        found_regime = regime(entry)
+        print(format_regime(found_regime, limit))
         if len(entry.samples) > 1:
             print(format_samples(entry))
         if found:
@@ -200,6 +249,7 @@ def report(args: argparse.Namespace, planned: list[Entry], error: str | None) ->
         record["traces"][entry.label] = {
             "rows": rows,
             "comparisons": found,
+            "regime": found_regime,
             "samples": [
                 {"window_start_s": s.window_start_s, "repeat": s.repeat} for s in entry.samples
             ],

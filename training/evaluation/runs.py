@@ -67,10 +67,14 @@ def evaluate(
             for run in entry.runs[shift:] + entry.runs[:shift]:
                 started = time.perf_counter()
                 result = bench.run(run.spec, sample.workload, seed)
-                metrics = result.metrics | {
-                    "wall_s": time.perf_counter() - started,
-                    "steps": result.steps,
-                }
+                metrics = (
+                    result.metrics
+                    | result.regime
+                    | {
+                        "wall_s": time.perf_counter() - started,
+                        "steps": result.steps,
+                    }
+                )
                 run.metrics.append(metrics)
                 run.timeline = result.timeline
                 if log is not None:
