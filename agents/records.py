@@ -12,7 +12,7 @@ step's measured seconds (wall clock) or by a cost model's seconds for what the s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class DraftView(NamedTuple):
@@ -25,6 +25,12 @@ class DraftView(NamedTuple):
     """Tokens in its KV cache."""
     drafts: tuple[int, ...]
     """The drafts it holds for the step (token ids; in model time the k_max proposal)."""
+    features: Any = None
+    """What the slots of its proposal look like before verification: an array (k_max, F) of
+    the method's slot features (`agents.confidence`), or None where the engine has none."""
+    confidence: tuple[float, ...] = ()
+    """Per held draft j: P(draft j accepted | the drafts before it accepted), by the engine's
+    calibrator; empty without one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,9 @@ class RequestStep:
     """How many of the `proposed` drafts the target would accept, where that is known without
     verifying them: the twin reads it from its acceptance table; the live engine leaves None
     (past the drafts it verified, only a rejection tells)."""
+    confidence: tuple[float, ...] = ()
+    """Per proposed draft j, what the engine's calibrator gave it before the step:
+    P(draft j accepted | the drafts before it accepted); empty where none was computed."""
 
     def accepted_if(self, k: int) -> int:
         """Drafts it would have had accepted this step had it verified k of them.

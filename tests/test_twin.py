@@ -23,7 +23,7 @@ from envs.traces import PromptFactory, ReplayOptions, apply_replay, load_trace
 from envs.twin.engine import TwinEngine
 from envs.twin.record import TableSource, record_table, table_key
 from envs.twin.replayer import TwinReplayer
-from envs.twin.tables import AcceptanceTable, TableError
+from envs.twin.tables import FORMAT_VERSION, AcceptanceTable, TableError
 from serving.limits import read_limits
 from tests.test_model_clock import COST
 
@@ -199,7 +199,7 @@ def test_tables_are_cached_and_refused_for_another_engine(engine, tmp_path):
     assert source.recorded == 1
     again = TableSource(engine.config, tmp_path, engine=engine).table(plan())
     assert again.key == first.key and np.array_equal(again.hits, first.hits)
-    (path,) = (tmp_path / "acceptance").glob("*.npz")
+    (path,) = (tmp_path / f"acceptance-v{FORMAT_VERSION}").glob("*.npz")
     method = "draft_model" if engine.config.method == "ngram" else "ngram"
     other = dataclasses.replace(first.key, method=method)
     with pytest.raises(TableError, match="method"):

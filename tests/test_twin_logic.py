@@ -4,6 +4,7 @@ engine starts here; tests/test_twin.py compares the twin with the live engine.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -73,6 +74,7 @@ def make_table(prompt_lens, output_lens, seed=0, k_max=4, config=CONFIG) -> Acce
         tokens=rng.integers(0, 500, sum(token_lens)).astype(np.int32),
         proposed=np.concatenate(proposed).astype(np.int8),
         hits=np.concatenate(hits).astype(np.int8),
+        features=rng.random((sum(output_lens), k_max, 3)).astype(np.float32),
     )
 
 
@@ -307,7 +309,11 @@ def test_tables_round_trip_and_refuse_another_key_or_a_corrupt_file(tmp_path):
     path = table.save(tmp_path / f"{table.key.digest}.npz")
     loaded = AcceptanceTable.load(path, expected=table.key)
     assert loaded.key == table.key
-    assert loaded.rows == table.rows
+    for rid, row in table.rows.items():
+        again = loaded.rows[rid]
+        assert again._replace(features=None) == row._replace(features=None)
+        assert np.array_equal(again.features, row.features)
+        assert row.features.shape == (row.output_len, 4, 3)
 
     for field, value in (("model_id", "other"), ("method", "draft_model"), ("k_max", 3)):
         other = replace(table.key, **{field: value})
@@ -332,6 +338,13 @@ def test_tables_round_trip_and_refuse_another_key_or_a_corrupt_file(tmp_path):
         AcceptanceTable.load(tmp_path / "forged.npz")
     with pytest.raises(TableError, match="no acceptance table"):
         AcceptanceTable.load(tmp_path / "missing.npz")
+    # A table of the first format (no slot features) is refused, saying why.
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"])) | {"format": 1}
+        arrays = {name: data[name] for name in data.files if name not in ("meta", "features")}
+    np.savez(tmp_path / "old.npz", meta=np.array(json.dumps(meta)), **arrays)
+    with pytest.raises(TableError, match="has format 1, this code reads 2 .* record it again"):
+        AcceptanceTable.load(tmp_path / "old.npz")
 
 
 def _swap_arrays(data_from, meta_from, out):

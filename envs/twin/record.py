@@ -37,6 +37,7 @@ from envs.ledger import SLO
 from envs.replayer import PlannedRequest
 from envs.twin.engine import TwinEngine
 from envs.twin.tables import (
+    FORMAT_VERSION,
     AcceptanceTable,
     RecentTables,
     TableError,
@@ -61,17 +62,19 @@ class _ProposalLog:
 
     def __init__(self) -> None:
         self.drafts: dict[tuple[str, int], tuple[int, ...]] = {}
+        self.features: dict[tuple[str, int], np.ndarray | None] = {}
 
     def reset(self) -> None:
         """Keep the log: the recording resets nothing mid-way."""
 
     def see_drafts(self, views: Sequence[DraftView], prefill_waiting: int) -> None:
-        """Log the drafts each decoding request holds before the step."""
+        """Log the drafts each decoding request holds before the step, and their features."""
         for view in views:
             key = (view.request_id, view.position)
             held = self.drafts.get(key)
             if held is None or len(view.drafts) > len(held):
                 self.drafts[key] = view.drafts
+                self.features[key] = view.features
 
     def decide(self, obs: Observation) -> Decision:
         """k = 0: every request advances one token per step."""
@@ -158,10 +161,14 @@ def record_table(
 
     proposed: list[int] = []
     hits: list[int] = []
+    width = max((f.shape[1] for f in log.features.values() if f is not None), default=0)
+    features = []
+    nothing = np.zeros((engine.k_max, width), dtype=np.float32)
     for request in plan:
         output = outputs[request.request_id]
         proposed.append(0)  # position 0: the prefill step verifies nothing
         hits.append(0)
+        features.append(nothing)
         for position in range(1, request.output_tokens):
             drafts = log.drafts.get((request.request_id, position))
             if drafts is None:
@@ -171,6 +178,8 @@ def record_table(
                 )
             proposed.append(len(drafts))
             hits.append(accepted(drafts, output, position))
+            found = log.features.get((request.request_id, position))
+            features.append(nothing if found is None else found)
     return AcceptanceTable(
         key=key,
         request_ids=tuple(r.request_id for r in plan),
@@ -181,6 +190,7 @@ def record_table(
         tokens=np.array([t for r in plan for t in outputs[r.request_id]], dtype=np.int32),
         proposed=np.array(proposed, dtype=np.int8),
         hits=np.array(hits, dtype=np.int8),
+        features=np.array(features, dtype=np.float32).reshape(-1, engine.k_max, width),
         description=description,
     )
 
@@ -217,7 +227,7 @@ class TableSource:
         table = self._recent.get(key.digest)
         if table is not None:
             return table
-        path = self.cache_dir / "acceptance" / f"{key.digest}.npz"
+        path = self.cache_dir / f"acceptance-v{FORMAT_VERSION}" / f"{key.digest}.npz"
         if path.is_file():
             table = AcceptanceTable.load(path, expected=key)
         else:

@@ -10,7 +10,10 @@ prefill step, which verifies nothing.
 
 One table holds every request of one workload, as a replay adds them (prompts drawn from the
 replay's generator), for one model pair, method, k_max and ngram lookup sizes; `record.py`
-records it from the live engine. Tables are cached on disk (never in git) under a key, a
+records it from the live engine. With the acceptance it keeps what each proposal looked like
+before it was verified: the features of every draft slot at every position (`features`,
+what the engine's calibrator scores, `agents.confidence`), so the twin shows a controller
+the same confidences the live engine does. Tables are cached on disk (never in git) under a key, a
 content hash of all of that, which the file stores too: loading refuses a file whose key or
 contents do not match what is asked for, naming the difference.
 
@@ -31,9 +34,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-FORMAT_VERSION = 1
-"""Bumped whenever the file layout changes; older files are refused (record them again)."""
-_ARRAYS = ("prompt_len", "output_len", "token_len", "prompts", "tokens", "proposed", "hits")
+FORMAT_VERSION = 2
+"""Bumped whenever the file layout changes; older files are refused (record them again).
+2: the slot features of every proposal."""
+_ARRAYS = (
+    "prompt_len",
+    "output_len",
+    "token_len",
+    "prompts",
+    "tokens",
+    "proposed",
+    "hits",
+    "features",
+)
 
 
 class TableError(ValueError):
@@ -112,6 +125,9 @@ class AcceptanceTable:
     """Drafts proposed at each output position, flat over requests and positions (int8)."""
     hits: np.ndarray
     """Of those, how many match the output from that position on (int8)."""
+    features: np.ndarray
+    """The features of each draft slot of each proposal, flat over requests and positions:
+    shape (positions, k_max, F), float32 (F = 0 for a method without slot features)."""
     description: str = ""
     """Where the workload came from, for people reading the cache."""
 
@@ -133,6 +149,11 @@ class AcceptanceTable:
             raise TableError("acceptance table: hits > proposed or proposed > k_max")
         if np.any(self.hits < 0):
             raise TableError("acceptance table: negative hits")
+        if self.features.ndim != 3 or self.features.shape[:2] != (positions, self.key.k_max):
+            raise TableError(
+                f"acceptance table: features have shape {self.features.shape}, expected "
+                f"({positions}, {self.key.k_max}, F)"
+            )
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -153,6 +174,7 @@ class AcceptanceTable:
                 self.tokens[tokens[i] : tokens[i + 1]].tolist(),
                 self.proposed[positions[i] : positions[i + 1]].tolist(),
                 self.hits[positions[i] : positions[i + 1]].tolist(),
+                self.features[positions[i] : positions[i + 1]],
             )
             for i, rid in enumerate(self.request_ids)
         }
@@ -188,17 +210,20 @@ class AcceptanceTable:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
+                if meta.get("format") != FORMAT_VERSION:
+                    raise TableError(
+                        f"acceptance table {path} has format {meta.get('format')!r}, this "
+                        f"code reads {FORMAT_VERSION} (which also keeps each proposal's slot "
+                        f"features): record it again"
+                    )
                 arrays = {name: data[name] for name in _ARRAYS}
         except FileNotFoundError:
             raise TableError(f"no acceptance table at {path}") from None
+        except TableError:
+            raise
         except Exception as err:  # a truncated or foreign file fails in many ways
             raise TableError(f"acceptance table {path} is corrupt: {err}") from None
         try:
-            if meta.get("format") != FORMAT_VERSION:
-                raise TableError(
-                    f"acceptance table {path} has format {meta.get('format')!r}, this code "
-                    f"reads {FORMAT_VERSION}: record it again"
-                )
             raw = dict(meta["key"])
             raw["ngram"] = tuple(raw["ngram"]) if raw["ngram"] is not None else None
             key = TableKey(**raw)
@@ -261,6 +286,8 @@ class TableRow(NamedTuple):
     """Drafts proposed at each position 0..output_len-1."""
     hits: list[int]
     """How many of them match the output, at each position."""
+    features: np.ndarray
+    """The slot features of the proposal at each position, shape (output_len, k_max, F)."""
 
 
 def _data_hash(arrays: dict[str, np.ndarray]) -> str:
