@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from agents.paths import PROJECT_ROOT
 from training.cli import parse_config
 from training.train_ppo import RENAMED, TrainConfig, prepare_run
+
+CONFIGS = sorted((PROJECT_ROOT / "training" / "configs").glob("*.yaml"))
 
 
 def parse(argv: list[str]) -> TrainConfig:
@@ -44,6 +47,13 @@ def test_the_defaults_are_those_of_the_flat_config_before():
     assert (train.slo.ttft_s, train.slo.tpot_s) == (1.0, 0.05)
     assert (train.reward.reference_tps, train.reward.baseline) == (500.0, "none")
     assert (train.clock, train.profile, train.twin, train.window_pool) == ("model", None, False, 0)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_is_nested(path, capsys):
+    cfg = parse(["--config", str(path)])
+    assert cfg.eval_env().window_start_s == cfg.eval_window_start_s
+    assert not capsys.readouterr().err, "no deprecated keys in a shipped config"
 
 
 def test_the_flat_spellings_still_work_with_a_warning(tmp_path, capsys):
