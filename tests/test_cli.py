@@ -1,5 +1,6 @@
 """`training.cli`: nested config dataclasses from dotted flags and nested or dotted YAML, old
-spellings kept with a warning, and errors that name the key, the file and the type."""
+spellings kept with a warning, errors that name the key, the file and the type; and the
+environment flags the evaluation commands share."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ from typing import Literal
 
 import pytest
 
-from training.cli import ConfigError, coerce, config_mapping, parse_config
+from envs.config import EnvConfig
+from envs.ledger import SLO
+from serving.config import EngineConfig
+from training.cli import (
+    ENV_FLAGS,
+    ConfigError,
+    add_env_flags,
+    coerce,
+    config_mapping,
+    deprecated_alias,
+    parse_config,
+    read_env_flags,
+)
 
 
 @dataclass(frozen=True)
@@ -180,8 +193,6 @@ def test_coerce_reads_literals_and_mappings():
 
 
 def test_a_deprecated_boolean_alias_sets_its_pair(capsys):
-    from training.cli import deprecated_alias
-
     p = argparse.ArgumentParser()
     action = p.add_argument("--new-flag", action=argparse.BooleanOptionalAction, default=None)
     deprecated_alias(p, action, "--old-flag")
@@ -190,3 +201,67 @@ def test_a_deprecated_boolean_alias_sets_its_pair(capsys):
     err = capsys.readouterr().err
     assert "--old-flag is deprecated" in err and "use --new-flag" in err
     assert "--no-old-flag is deprecated" in err and "use --no-new-flag" in err
+
+
+def env_parser(*names: str, **kwargs) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    add_env_flags(p, names or tuple(ENV_FLAGS), **kwargs)
+    return p
+
+
+def test_the_env_flags_keep_their_flat_spellings_and_read_into_an_env_config():
+    argv = [
+        "--trace", "synthetic:poisson?rate=2", "--trace-format", "azure", "--window-s", "5",
+        "--rate-scale", "2", "--length-scale", "0.5", "--max-input-tokens", "100",
+        "--max-output-tokens", "50", "--method", "draft_model", "--k-max", "3",
+        "--max-num-seqs", "8", "--clock", "wall", "--profile", "ngram", "--ttft-slo-s", "0.5",
+        "--tpot-slo-s", "0.1",
+    ]  # fmt: skip
+    env = read_env_flags(env_parser().parse_args(argv))
+    assert env == EnvConfig(
+        trace="synthetic:poisson?rate=2", trace_format="azure", window_s=5.0, rate_scale=2.0,
+        length_scale=0.5, max_input_tokens=100, max_output_tokens=50,
+        engine=EngineConfig(method="draft_model", k_max=3, max_num_seqs=8), clock="wall",
+        profile="ngram", slo=SLO(ttft_s=0.5, tpot_s=0.1),
+    )  # fmt: skip
+    assert read_env_flags(env_parser().parse_args(["--twin"])).twin
+    assert read_env_flags(env_parser().parse_args([])) == EnvConfig()
+
+
+def test_a_command_picks_its_env_flags_defaults_and_help(capsys):
+    p = env_parser(
+        "trace", "window_s", "method", defaults={"trace": "azure-conv", "window_s": 60.0},
+        help={"trace": "a region"},
+    )  # fmt: skip
+    args = p.parse_args([])
+    assert vars(args) == {"trace": "azure-conv", "window_s": 60.0, "method": "ngram"}
+    base = EnvConfig(rate_scale=3.0)
+    assert read_env_flags(args, base) == EnvConfig(trace="azure-conv", window_s=60.0, rate_scale=3)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--trace TRACE a region" in out
+    assert "--window-s WINDOW_S Seconds of trace time per episode" in out, "the docstring"
+    assert "--method {ngram,draft_model}" in out, "nospec is a controller, not a method"
+    with pytest.raises(ValueError, match="no environment flag windows"):
+        env_parser("windows")
+
+
+def test_slo_flags_left_unset_keep_the_base_slo():
+    # As training.evaluate reads them: the profile's deployment sets the SLOs first, then
+    # only the flags given override them.
+    p = env_parser(defaults={"ttft_slo_s": None, "tpot_slo_s": None})
+    deployed = EnvConfig(slo=SLO(ttft_s=0.5, tpot_s=0.03))
+    slo_flags = ("ttft_slo_s", "tpot_slo_s")
+    assert read_env_flags(p.parse_args([])).slo == SLO()
+    assert read_env_flags(p.parse_args([]), deployed, slo_flags) == deployed
+    given = read_env_flags(p.parse_args(["--tpot-slo-s", "0.2"]), deployed, slo_flags)
+    assert given.slo == SLO(ttft_s=0.5, tpot_s=0.2)
+
+
+def test_a_bad_env_flag_names_the_flag_and_the_type(capsys):
+    with pytest.raises(SystemExit):
+        env_parser().parse_args(["--k-max", "four"])
+    assert (
+        "argument --k-max: command line: k_max expects int, got 'four'" in capsys.readouterr().err
+    )

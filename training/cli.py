@@ -10,6 +10,9 @@ the expected type. `config_mapping` is the nested mapping that `--config` reads 
 
 `deprecated_alias` keeps an old option spelling working, with a warning, for one release after
 a rename; `parse_config(renamed=...)` does the same for old flags and YAML keys alike.
+
+`add_env_flags` and `read_env_flags` are the environment flags that the evaluation commands
+share (`--trace`, `--method`, `--profile`, ...: flat, each naming one field of `EnvConfig`).
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ import itertools
 import sys
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from envs.config import EnvConfig
+from envs.traces.loader import LOADERS
+from serving.config import METHODS
 
 T = TypeVar("T")
 NONE = ("none", "null")
@@ -390,3 +397,113 @@ def config_mapping(config: Any) -> dict[str, Any]:
         return value
 
     return plain(dataclasses.asdict(config))
+
+
+# --- the environment flags of the evaluation commands -------------------------------------
+
+ENV_FLAGS: dict[str, str] = {
+    "trace": "trace",
+    "trace_format": "trace_format",
+    "window_s": "window_s",
+    "rate_scale": "rate_scale",
+    "length_scale": "length_scale",
+    "max_input_tokens": "max_input_tokens",
+    "max_output_tokens": "max_output_tokens",
+    "method": "engine.method",
+    "k_max": "engine.k_max",
+    "max_num_seqs": "engine.max_num_seqs",
+    "clock": "clock",
+    "profile": "profile",
+    "ttft_slo_s": "slo.ttft_s",
+    "tpot_slo_s": "slo.tpot_s",
+    "twin": "twin",
+}
+"""The flat flags the evaluation commands share (as `args` names them): their EnvConfig field."""
+
+_CHOICES = {
+    "trace_format": tuple(LOADERS),
+    # The commands compare controllers on a speculating engine; nospec is a controller.
+    "method": tuple(m for m in METHODS if m != "none"),
+}
+
+
+def add_env_flags(
+    parser: argparse.ArgumentParser,
+    names: Collection[str] = tuple(ENV_FLAGS),
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    help: Mapping[str, str] | None = None,
+) -> dict[str, argparse.Action]:
+    """Add the environment flags `names` (keys of ENV_FLAGS, spelled `--window-s`) to `parser`.
+
+    Each flag's default is EnvConfig's unless `defaults` gives the command's own; a default of
+    None for a field that takes no None means "not given": `read_env_flags` leaves the field
+    alone (e.g. an SLO that a GPU profile's deployment sets). Help is the field's docstring
+    unless `help` gives the command's. Returns the added actions by name (for
+    `deprecated_alias`).
+    """
+    defaults = defaults or {}
+    help = help or {}
+    unknown = sorted((set(names) | set(defaults) | set(help)) - set(ENV_FLAGS))
+    if unknown:
+        raise ValueError(f"no environment flag {', '.join(unknown)}")
+    layout = _layout(EnvConfig)
+    actions = {}
+    for name in names:
+        leaf = layout.leaves[ENV_FLAGS[name]]
+        default = defaults.get(name, leaf.default)
+        text = help.get(name, leaf.doc)
+        if leaf.kind is bool:
+            actions[name] = parser.add_argument(
+                _flag(name), action="store_true", default=default, help=text
+            )
+            continue
+
+        def convert(value: str, name: str = name, kind: Any = leaf.kind) -> Any:
+            try:
+                return coerce(name, kind, value, "command line")
+            except ConfigError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+
+        actions[name] = parser.add_argument(
+            _flag(name), type=convert, default=default, choices=_CHOICES.get(name), help=text
+        )
+    return actions
+
+
+def read_env_flags(
+    args: argparse.Namespace,
+    base: EnvConfig | None = None,
+    names: Collection[str] = tuple(ENV_FLAGS),
+) -> EnvConfig:
+    """`base` (default: EnvConfig()) with the environment flags of `args` among `names`.
+
+    A flag the command does not have, or left at None for a field that takes no None, keeps
+    base's value.
+    """
+    env = EnvConfig() if base is None else base
+    layout = _layout(EnvConfig)
+    given: dict[str, Any] = {}
+    for name in names:
+        if not hasattr(args, name):
+            continue
+        path, value = ENV_FLAGS[name], getattr(args, name)
+        if value is None and not _unwrap_optional(layout.leaves[path].kind)[1]:
+            continue  # not given: base's value stands
+        given[path] = value
+    return _replace(env, given)
+
+
+def _replace(config: T, values: Mapping[str, Any]) -> T:
+    """`config` with the fields at dotted paths replaced, nested configs rebuilt."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in values.items():
+        head, dot, rest = path.partition(".")
+        if dot:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    for head, inner in nested.items():
+        top[head] = _replace(getattr(config, head), inner)
+    return dataclasses.replace(config, **top)
