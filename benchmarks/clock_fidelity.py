@@ -24,10 +24,9 @@ from pathlib import Path
 
 from agents.registry import parse_controller
 from envs.build import resolve
-from envs.config import EnvConfig
 from envs.traces import apply_replay, load_trace
-from serving.config import EngineConfig
 from training.bootstrap import ratio_interval
+from training.cli import add_env_flags, read_env_flags
 from training.replays import Bench
 from training.suites import REGIONS
 
@@ -38,28 +37,21 @@ SHOWN = ("goodput_tps", "goodput_under_slo_tps", "slo_attainment", "tpot_p50_s",
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", default="ngram", choices=("ngram", "draft_model"))
-    p.add_argument("--profile", default=None, help="measured profile (default: the table)")
-    p.add_argument("--trace", default="azure-conv", help=f"a region: {', '.join(REGIONS)}")
-    p.add_argument("--rate-scale", type=float, default=2.0)
+    add_env_flags(
+        p,
+        ("method", "profile", "trace", "rate_scale", "window_s"),
+        defaults={"trace": "azure-conv", "rate_scale": 2.0, "window_s": 20.0},
+        help={"trace": f"a region: {', '.join(REGIONS)}"},
+    )
     p.add_argument("--windows", type=int, default=3)
-    p.add_argument("--window-s", type=float, default=20.0)
     p.add_argument("--repeats", type=int, default=3, help="wall-clock replays per window")
     p.add_argument("--controllers", default="nospec,static:1,static:2,static:4,goodput")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
     region = REGIONS[args.trace]
-    model_env = EnvConfig(
-        trace=region.trace,
-        window_s=args.window_s,
-        rate_scale=args.rate_scale,
-        engine=EngineConfig(method=args.method),
-        clock="model",
-        profile=args.profile,
-    )
     try:
-        model_env, profile = resolve(model_env)
+        model_env, profile = resolve(replace(read_env_flags(args), trace=region.trace))
         if not profile.measured:
             raise ValueError(f"{profile.name} prices a GPU: this machine cannot check it")
     except ValueError as err:

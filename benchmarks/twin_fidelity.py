@@ -34,12 +34,11 @@ import numpy as np
 from agents.paths import cache_dir
 from agents.registry import parse_controller
 from envs.build import resolve
-from envs.config import EnvConfig
 from envs.replayer import plan_requests
 from envs.traces import apply_replay, load_trace
 from envs.twin.lookahead import LookaheadOracle
 from envs.twin.record import TableSource
-from serving.config import EngineConfig
+from training.cli import add_env_flags, read_env_flags
 from training.replays import Bench
 from training.replays import replay as replay_window
 from training.suites import REGIONS
@@ -61,12 +60,13 @@ ENGINES = ("live", "twin")
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", default="ngram", choices=("ngram", "draft_model"))
-    p.add_argument("--profile", default=None, help="cost profile (default: the measured table)")
-    p.add_argument("--trace", default="azure-conv", help=f"a region: {', '.join(REGIONS)}")
-    p.add_argument("--rate-scale", type=float, default=2.0)
+    add_env_flags(
+        p,
+        ("method", "profile", "trace", "rate_scale", "window_s"),
+        defaults={"trace": "azure-conv", "rate_scale": 2.0, "window_s": 20.0},
+        help={"trace": f"a region: {', '.join(REGIONS)}"},
+    )
     p.add_argument("--windows", type=int, default=4)
-    p.add_argument("--window-s", type=float, default=20.0)
     p.add_argument(
         "--controllers",
         default=None,
@@ -90,16 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if region is None:
         print(f"error: unknown region {args.trace!r}", file=sys.stderr)
         return 2
-    env = EnvConfig(
-        trace=region.trace,
-        window_s=args.window_s,
-        rate_scale=args.rate_scale,
-        engine=EngineConfig(method=args.method),
-        clock="model",
-        profile=args.profile,
-    )
     try:
-        env, profile = resolve(env)
+        env, profile = resolve(replace(read_env_flags(args), trace=region.trace))
         if args.kv_cache_gib is not None:
             env = replace(env, engine=replace(env.engine, kv_cache_gib=args.kv_cache_gib))
         k_max = env.engine.k_max

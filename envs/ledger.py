@@ -17,9 +17,9 @@ class SLO:
     """Latency targets a request must meet for its tokens to count as goodput under SLO."""
 
     ttft_s: float = 1.0
-    """Time to first token, from arrival."""
+    """Time-to-first-token SLO: seconds from arrival to the first token."""
     tpot_s: float = 0.05
-    """Mean time per output token after the first."""
+    """Time-per-output-token SLO: mean seconds per output token after the first."""
 
     def __post_init__(self) -> None:
         for name in ("ttft_s", "tpot_s"):

@@ -26,9 +26,10 @@ class EngineConfig:
     """What engine to build: models, speculation method and batch limits."""
 
     model: str = str(LM_DIR / "target")
-    """Target model directory (Hugging Face layout: config.json, safetensors, tokenizer)."""
+    """Target model directory (Hugging Face layout: config.json, safetensors, tokenizer); a
+    relative path names the folder under the project's root when it has one (`project_path`)."""
     draft_model: str = str(LM_DIR / "draft")
-    """Draft model directory, used when method is draft_model."""
+    """Draft model directory, used when method is draft_model (relative paths as for model)."""
     method: Method = "ngram"
     """Speculation method: ngram (prompt lookup), draft_model, or none (no speculation)."""
     k_max: int = 4
@@ -53,6 +54,10 @@ class EngineConfig:
     """vLLM's sampling seed."""
 
     def __post_init__(self) -> None:
+        # Run configs and artifacts record the models relative to the project
+        # (`project_relative`): read back from any directory, they name the same folders.
+        object.__setattr__(self, "model", project_path(self.model))
+        object.__setattr__(self, "draft_model", project_path(self.draft_model))
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is not one of {', '.join(METHODS)}")
         if self.method == "none" and self.k_max != 0:
@@ -172,6 +177,18 @@ def project_relative(path: str | Path) -> str:
     if not os.path.isabs(path):
         return str(path)
     return Path(os.path.relpath(path, PROJECT_ROOT)).as_posix()
+
+
+def project_path(path: str) -> str:
+    """A recorded folder as a path on this machine, the inverse of `project_relative`.
+
+    A relative path that names a folder under the project's root becomes that folder's
+    absolute path, whatever the current directory; any other path (absolute, a Hugging Face
+    model id, a folder the project's root does not have) is kept as given.
+    """
+    if os.path.isabs(path) or not (PROJECT_ROOT / path).is_dir():
+        return path
+    return os.path.normpath(PROJECT_ROOT / path)
 
 
 def default_profile_path(method: str) -> Path:

@@ -9,7 +9,7 @@ import pytest
 
 from agents.controller import check_k
 from agents.paths import LM_DIR
-from serving.config import EngineConfig, ModelDirError, read_model_config
+from serving.config import EngineConfig, ModelDirError, project_relative, read_model_config
 from serving.live_engine import LiveEngine
 
 
@@ -44,6 +44,17 @@ def test_shipped_models_pass_the_checks():
 def test_bad_engine_config_names_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
         EngineConfig(**fields)
+
+
+def test_a_project_relative_model_path_reads_back_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recorded = [
+        project_relative(EngineConfig().model),
+        project_relative(EngineConfig().draft_model),
+    ]
+    assert recorded == ["checkpoints/lm/target", "checkpoints/lm/draft"]
+    assert EngineConfig(model=recorded[0], draft_model=recorded[1]) == EngineConfig()
+    assert EngineConfig(model="org/model-id").model == "org/model-id", "a model id is kept"
 
 
 def test_missing_model_directory(tmp_path):

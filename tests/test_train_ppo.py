@@ -37,18 +37,18 @@ def train(args: list[str]) -> subprocess.CompletedProcess:
 
 def test_a_short_training_run_leaves_a_usable_policy(tmp_path):
     args = [
-        "--trace", TINY_TRACE, "--window-s", "4", "--train-until-s", "30",
+        "--env.trace", TINY_TRACE, "--env.window-s", "4", "--train-until-s", "30",
         "--eval-window-start-s", "32", "--eval-window-s", "4",
         "--total-timesteps", "256", "--n-steps", "128", "--batch-size", "64", "--n-epochs", "2",
-        "--eval-every", "128", "--checkpoint-every", "128", "--max-num-seqs", "8",
+        "--eval-every", "128", "--checkpoint-every", "128", "--env.engine.max-num-seqs", "8",
         "--output-dir", str(tmp_path), "--run-name", "short",
     ]  # fmt: skip
     done = train(args)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "short"
-    assert (run / "command.txt").read_text().startswith("python -m training.train_ppo --trace")
+    assert (run / "command.txt").read_text().startswith("python -m training.train_ppo --env.trace")
     saved = parse_config(TrainConfig, ["--config", str(run / "config.yaml")], "t", "t")
-    assert saved.total_timesteps == 256 and saved.trace == TINY_TRACE
+    assert saved.total_timesteps == 256 and saved.env.trace == TINY_TRACE
     assert sorted(p.name for p in (run / "checkpoints").glob("*.zip"))
     assert (run / "final_model.zip").is_file() and (run / "best" / "best_model.zip").is_file()
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
@@ -84,9 +84,9 @@ def test_a_short_training_run_leaves_a_usable_policy(tmp_path):
 
 def test_a_twin_run_trains_on_recorded_windows_and_evaluates_live(tmp_path):
     args = [
-        "--trace", TINY_TRACE, "--window-s", "4", "--train-until-s", "30",
-        "--eval-window-start-s", "32", "--eval-window-s", "4", "--max-num-seqs", "8",
-        "--twin", "--window-pool", "2", "--reward-baseline", "goodput",
+        "--env.trace", TINY_TRACE, "--env.window-s", "4", "--train-until-s", "30",
+        "--eval-window-start-s", "32", "--eval-window-s", "4", "--env.engine.max-num-seqs", "8",
+        "--env.twin", "--env.window-pool", "2", "--env.reward.baseline", "goodput",
         "--total-timesteps", "512", "--n-steps", "256", "--batch-size", "64", "--n-epochs", "1",
         "--eval-every", "512", "--checkpoint-every", "512", "--no-track",
         "--output-dir", str(tmp_path), "--run-name", "twin",
@@ -95,7 +95,7 @@ def test_a_twin_run_trains_on_recorded_windows_and_evaluates_live(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "twin"
     saved = parse_config(TrainConfig, ["--config", str(run / "config.yaml")], "t", "t")
-    assert saved.twin and saved.window_pool == 2 and saved.reward_baseline == "goodput"
+    assert saved.env.twin and saved.env.window_pool == 2 and saved.env.reward.baseline == "goodput"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["timesteps"] >= 512
     # The evaluation replays the held-back window on the live engine.
@@ -114,14 +114,21 @@ def exit_code(argv: list[str]) -> int:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--trace", "/nonexistent/trace.csv"], "/nonexistent/trace.csv"),
+        (["--env.trace", "/nonexistent/trace.csv"], "/nonexistent/trace.csv"),
         (["--total-timesteps", "many"], "total_timesteps expects int, got 'many'"),
-        (["--method", "eagle"], "method='eagle' must be ngram or draft_model"),
+        (["--env.engine.method", "eagle"], "env.engine.method expects one of ngram, draft_model"),
+        (
+            ["--env.engine.method", "none", "--env.engine.k-max", "0"],
+            "env.engine.method='none' must be ngram or draft_model",
+        ),
+        (["--env.window-start-s", "5"], "env.window_start_s=5.0: training draws each episode's"),
+        (["--env.engine.seed", "1"], "env.engine.seed=1: in training the engine's seed is seed=0"),
         (["--eval-window-start-s", "10"], "eval_window_start_s=10.0 lies inside the training"),
         (["--action-mode", "relative"], "action_mode='relative' must be absolute or residual"),
         (["--offset-max", "0"], "offset_max=0 must be >= 1 in residual mode"),
-        (["--twin", "--clock", "wall"], "the twin runs on the model clock only"),
-        (["--reward-baseline", "best"], "reward baseline='best' must be one of"),
+        (["--env.twin", "--env.clock", "wall"], "the twin runs on the model clock only"),
+        (["--env.reward.baseline", "best"], "reward baseline='best' must be one of"),
+        (["--method", "eagle"], "env.engine.method expects one of"),
     ],
 )
 def test_bad_arguments_fail_before_any_engine_starts(argv, message, tmp_path, capsys):
@@ -145,10 +152,10 @@ def test_bad_config_files(tmp_path):
 
 def test_a_terminated_run_saves_and_exports_before_exiting(tmp_path):
     args = [
-        "--trace", TINY_TRACE, "--window-s", "4", "--train-until-s", "30",
+        "--env.trace", TINY_TRACE, "--env.window-s", "4", "--train-until-s", "30",
         "--eval-window-start-s", "32", "--eval-window-s", "4", "--total-timesteps", "100000",
         "--n-steps", "64", "--batch-size", "64", "--n-epochs", "1", "--eval-every", "0",
-        "--checkpoint-every", "64", "--max-num-seqs", "8", "--action-mode", "absolute",
+        "--checkpoint-every", "64", "--env.engine.max-num-seqs", "8", "--action-mode", "absolute",
         "--output-dir", str(tmp_path), "--run-name", "stopped",
     ]  # fmt: skip
     env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}

@@ -22,9 +22,8 @@ from pathlib import Path
 
 from agents.registry import parse_controller
 from envs.build import resolve
-from envs.config import EnvConfig
 from envs.traces import apply_replay, load_trace
-from serving.config import EngineConfig
+from training.cli import add_env_flags, read_env_flags
 from training.evaluation.runs import Entry, Run, Sample, evaluate, replays_path
 from training.replays import Bench
 from training.suites import REGIONS
@@ -32,22 +31,14 @@ from training.suites import REGIONS
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--trace",
-        default="azure-conv",
-        help=f"a trace file, a synthetic: spec, or a known region: {', '.join(REGIONS)}",
+    add_env_flags(
+        p,
+        ("trace", "window_s", "method", "k_max", "max_num_seqs", "clock", "profile", "twin"),
+        defaults={"trace": "azure-conv", "window_s": 20.0},
+        help={"trace": f"a trace file, a synthetic: spec, or a known region: {', '.join(REGIONS)}"},
     )
     p.add_argument("--rates", default="1,2,3,4", help="comma-separated arrival-rate scales")
     p.add_argument("--windows", type=int, default=2, help="windows per rate")
-    p.add_argument("--window-s", type=float, default=20.0, help="trace seconds a window")
-    p.add_argument("--method", default="ngram", choices=("ngram", "draft_model"))
-    p.add_argument("--k-max", type=int, default=EngineConfig.k_max)
-    p.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
-    p.add_argument("--clock", default="model", help="model (default) or wall")
-    p.add_argument("--profile", default=None, help="cost profile (default: the method's table)")
-    p.add_argument(
-        "--twin", action="store_true", help="speculating engine on its twin (model clock)"
-    )
     p.add_argument("--extra", default="goodput", help="controllers to add to the static k's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the landscape here")
@@ -87,15 +78,7 @@ def check_inputs(args: argparse.Namespace):
     """The engine and clock, the profile, and one entry per rate, before any engine starts."""
     region = REGIONS.get(args.trace)
     spec = region.trace if region is not None else args.trace
-    env = EnvConfig(
-        trace=spec,
-        window_s=args.window_s,
-        engine=EngineConfig(method=args.method, k_max=args.k_max, max_num_seqs=args.max_num_seqs),
-        clock=args.clock,
-        profile=args.profile,
-        twin=args.twin,
-    )
-    env, profile = resolve(env)
+    env, profile = resolve(replace(read_env_flags(args), trace=spec))
     trace = load_trace(spec)
     if region is not None:
         starts = region.starts(args.windows, args.window_s, [r.arrival_s for r in trace.requests])

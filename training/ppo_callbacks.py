@@ -3,7 +3,6 @@ controller on a held-back trace window."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -120,7 +119,7 @@ class CompareCallback(BaseCallback):
             schema_version=SCHEMA_VERSION,
             k_max=engine.k_max,
             engine=engine.as_dict() | {"model_id": engine.model_id()},
-            train_config=dataclasses.asdict(self.cfg),
+            train_config=self.cfg.record(),
             obs_low=self.metrics.obs_low,
             obs_high=self.metrics.obs_high,
             action_mode=self.cfg.action_mode,

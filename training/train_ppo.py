@@ -1,10 +1,13 @@
 """Train a PPO policy that chooses the speculation length of a live vLLM engine.
 
-    python -m training.train_ppo [--config training/configs/ngram.yaml] [--total-timesteps N]
+    python -m training.train_ppo [--config training/configs/ngram_bursty_twin.yaml] \
+        [--total-timesteps N] [--env.engine.method draft_model] [--env.reward.baseline goodput]
 
 With no arguments: stable-baselines3 PPO on `SpecDecode-v0`, the built-in bursty trace, the
 small model pair with ngram speculation. Every option is a field of `TrainConfig` (a flag,
-or a key of the YAML file given with --config). A run folder `runs/<name>/` holds
+or a key of the YAML file given with --config); the environment's are nested under `env`
+(`EnvConfig`: `--env.trace`, `--env.engine.k-max`, `--env.slo.tpot-s`, or in YAML
+`env: {engine: {k_max: 4}}` or `env.engine.k_max: 4`). A run folder `runs/<name>/` holds
 config.yaml, command.txt, periodic checkpoints, the best model by evaluation (best/), the
 TensorBoard logs (tb/), the W&B run (wandb/, offline unless --wandb-mode online) and the
 exported, pickle-free policy (policy/, best/policy/). Every `eval_every` steps the policy and
@@ -14,35 +17,67 @@ goodput and goodput under SLO are logged relative to the controller's. Ctrl-C sa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from agents.policy import ACTION_MODES, RESIDUAL
-from envs.config import DEFAULT_TRACE
+from envs.config import EnvConfig
+from serving.config import EngineConfig, project_relative
+from training.cli import ConfigError, config_mapping, parse_config
 
 RUNS_DIR = Path("runs")
+TRAINED_METHODS = ("ngram", "draft_model")
+"""Speculation methods a policy can learn k for (method none has only k = 0)."""
+RENAMED = {
+    "trace": "env.trace",
+    "trace_format": "env.trace_format",
+    "window_s": "env.window_s",
+    "rate_scale": "env.rate_scale",
+    "length_scale": "env.length_scale",
+    "max_input_tokens": "env.max_input_tokens",
+    "max_output_tokens": "env.max_output_tokens",
+    "method": "env.engine.method",
+    "k_max": "env.engine.k_max",
+    "max_num_seqs": "env.engine.max_num_seqs",
+    "max_num_batched_tokens": "env.engine.max_num_batched_tokens",
+    "max_model_len": "env.engine.max_model_len",
+    "clock": "env.clock",
+    "profile": "env.profile",
+    "twin": "env.twin",
+    "window_pool": "env.window_pool",
+    "ttft_slo_s": "env.slo.ttft_s",
+    "tpot_slo_s": "env.slo.tpot_s",
+    "reference_tps": "env.reward.reference_tps",
+    "ttft_violation_tokens": "env.reward.ttft_violation_tokens",
+    "tpot_violation_tokens": "env.reward.tpot_violation_tokens",
+    "token_scale": "env.reward.token_scale",
+    "reference_steps": "env.reward.reference_steps",
+    "reward_baseline": "env.reward.baseline",
+    "max_episode_steps": "env.max_steps",
+}
+"""The flat spellings of the environment's options before they were nested under `env`:
+flags and YAML keys that still work, with a warning, for one release."""
 
 
 @dataclass
 class TrainConfig:
     """Arguments of `python -m training.train_ppo`."""
 
-    trace: str = DEFAULT_TRACE
-    """Training trace: a file (Azure/BurstGPT CSV, Mooncake JSONL) or a synthetic: spec."""
-    trace_format: str | None = None
-    """The trace's format (azure, burstgpt, mooncake); None detects it."""
-    window_s: float = 20.0
-    """Trace seconds per training episode; each episode draws its start."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The environment of the training episodes (trace, window, engine, SLOs, reward, clock,
+    profile, twin): `--env.trace`, `--env.engine.method`, ... Episodes draw their start
+    before train_until_s - window_s, so env.window_start_s and env.latest_start_s stay unset;
+    the engine's sampling seed is `seed`. The evaluation replays the same environment at the
+    held-back window, on the live engine."""
     train_until_s: float = 480.0
     """Training episodes start before this trace time; what follows is held back."""
     eval_trace: str | None = None
@@ -51,59 +86,6 @@ class TrainConfig:
     """Start of the evaluation window in the evaluation trace (after train_until_s)."""
     eval_window_s: float = 30.0
     """Trace seconds of the evaluation window."""
-    rate_scale: float = 1.0
-    """Speed-up of arrivals, for training and evaluation."""
-    length_scale: float = 1.0
-    """Factor on request lengths before clipping."""
-    max_input_tokens: int = 384
-    """Prompts are clipped to this many tokens."""
-    max_output_tokens: int = 128
-    """Outputs are clipped to this many tokens."""
-    method: str = "ngram"
-    """Speculation method of the engine: ngram or draft_model."""
-    k_max: int = 4
-    """Largest speculation length; the action space is 0..k_max."""
-    max_num_seqs: int = 32
-    """Most requests running at once."""
-    max_num_batched_tokens: int = 2048
-    """Token budget of one engine step."""
-    max_model_len: int = 1024
-    """Longest prompt plus output."""
-    clock: str = "model"
-    """model: a step lasts what the cost profile says it computed (episodes repeat to the
-    token); wall: what this machine measured."""
-    profile: str | None = None
-    """Cost profile (a path or a name under checkpoints/profiles, e.g. a100-llama3-8b): the
-    model clock's costs and the goodput controller's. None: the method's measured table. A
-    GPU profile sets the engine limits and SLOs of its deployment."""
-    twin: bool = False
-    """Train on the engine's twin (`SpecDecodeTwin-v0`: vLLM's scheduling in numpy,
-    acceptance recorded once per window on the live engine; model clock, greedy requests).
-    Evaluations against the goodput controller stay on the live engine."""
-    window_pool: int = 0
-    """0: every episode a fresh window; n > 0: episodes replay one of n windows drawn once
-    per environment (the twin records n acceptance tables, then runs at full speed)."""
-    ttft_slo_s: float = 1.0
-    """Time-to-first-token SLO, seconds."""
-    tpot_slo_s: float = 0.05
-    """Time-per-output-token SLO, seconds."""
-    reference_tps: float = 500.0
-    """Reward: the goodput (tokens/s) a step must beat to earn a positive goodput term."""
-    ttft_violation_tokens: float = 64.0
-    """Reward: the cost of one TTFT violation, in tokens."""
-    tpot_violation_tokens: float = 64.0
-    """Reward: the cost of one TPOT violation, in tokens."""
-    token_scale: float = 32.0
-    """Reward: tokens per unit of reward."""
-    reference_steps: int = 0
-    """Reward: 0 keeps reference_tps fixed; N > 0 makes it the episode's goodput over about
-    the last N steps, so a step is rewarded for beating the recent rate."""
-    reward_baseline: str | None = None
-    """Reward: None (the goodput term alone), or goodput: a step's goodput relative to what
-    the goodput controller's k would have produced on the same step (model clock), so what
-    arrivals bring cancels."""
-    max_episode_steps: int = 5000
-    """Engine steps after which an episode is truncated."""
     total_timesteps: int = 20_000
     """Environment steps (engine steps) to train for."""
     n_envs: int = 1
@@ -133,7 +115,7 @@ class TrainConfig:
     offset_zero_bias: float = 2.0
     """Residual mode: initial logit bonus of offset 0, so training starts near the base."""
     seed: int = 0
-    """Seed of PPO, the environments and the trace windows."""
+    """Seed of PPO, the environments, the trace windows and the engine's sampling."""
     device: str = "cpu"
     """Torch device for PPO updates."""
     output_dir: str = "runs"
@@ -163,8 +145,20 @@ class TrainConfig:
         return self.offset_max if self.action_mode == RESIDUAL else 0
 
     def __post_init__(self) -> None:
-        if self.method not in ("ngram", "draft_model"):
-            raise ValueError(f"method={self.method!r} must be ngram or draft_model")
+        method = self.env.engine.method
+        if method not in TRAINED_METHODS:
+            raise ValueError(f"env.engine.method={method!r} must be ngram or draft_model")
+        for name in ("window_start_s", "latest_start_s"):
+            if getattr(self.env, name) is not None:
+                raise ValueError(
+                    f"env.{name}={getattr(self.env, name)}: training draws each episode's "
+                    "start before train_until_s - window_s; set train_until_s instead"
+                )
+        if self.env.engine.seed not in (EngineConfig.seed, self.seed):
+            raise ValueError(
+                f"env.engine.seed={self.env.engine.seed}: in training the engine's seed is "
+                f"seed={self.seed}; set seed instead"
+            )
         if self.eval_window_start_s < self.train_until_s and self.eval_trace is None:
             raise ValueError(
                 f"eval_window_start_s={self.eval_window_start_s} lies inside the training "
@@ -189,48 +183,37 @@ class TrainConfig:
         if self.resume is not None and not Path(self.resume).is_file():
             raise ValueError(f"resume checkpoint {self.resume} does not exist")
 
+    def train_env(self) -> EnvConfig:
+        """The training episodes' environment: `env`, with starts drawn before
+        train_until_s - window_s and the engine seeded with `seed`."""
+        return replace(
+            self.env,
+            latest_start_s=max(self.train_until_s - self.env.window_s, 0.0),
+            engine=replace(self.env.engine, seed=self.seed),
+        )
 
-def env_config(cfg: TrainConfig, *, evaluation: bool = False):
-    """The environment options of training (random windows) or of the held-back window."""
-    from envs.config import EnvConfig
-    from envs.ledger import SLO
-    from envs.reward import RewardWeights
-    from serving.config import EngineConfig
+    def eval_env(self) -> EnvConfig:
+        """The held-back window's environment: the training one at eval_trace (or its trace),
+        eval_window_start_s and eval_window_s, on the live engine and a fresh window."""
+        return replace(
+            self.train_env(),
+            trace=self.eval_trace or self.env.trace,
+            window_s=self.eval_window_s,
+            window_start_s=self.eval_window_start_s,
+            latest_start_s=None,
+            twin=False,
+            window_pool=0,
+        )
 
-    engine = EngineConfig(
-        method=cfg.method,
-        k_max=cfg.k_max,
-        max_num_seqs=cfg.max_num_seqs,
-        max_num_batched_tokens=cfg.max_num_batched_tokens,
-        max_model_len=cfg.max_model_len,
-        seed=cfg.seed,
-    )
-    return EnvConfig(
-        trace=(cfg.eval_trace or cfg.trace) if evaluation else cfg.trace,
-        trace_format=cfg.trace_format,
-        window_s=cfg.eval_window_s if evaluation else cfg.window_s,
-        window_start_s=cfg.eval_window_start_s if evaluation else None,
-        latest_start_s=None if evaluation else max(cfg.train_until_s - cfg.window_s, 0.0),
-        rate_scale=cfg.rate_scale,
-        length_scale=cfg.length_scale,
-        max_input_tokens=cfg.max_input_tokens,
-        max_output_tokens=cfg.max_output_tokens,
-        engine=engine,
-        slo=SLO(ttft_s=cfg.ttft_slo_s, tpot_s=cfg.tpot_slo_s),
-        clock=cfg.clock,
-        profile=cfg.profile,
-        reward=RewardWeights(
-            reference_tps=cfg.reference_tps,
-            ttft_violation_tokens=cfg.ttft_violation_tokens,
-            tpot_violation_tokens=cfg.tpot_violation_tokens,
-            token_scale=cfg.token_scale,
-            reference_steps=cfg.reference_steps,
-            baseline=cfg.reward_baseline or "none",
-        ),
-        max_steps=cfg.max_episode_steps,
-        twin=cfg.twin and not evaluation,
-        window_pool=0 if evaluation else cfg.window_pool,
-    )
+    def record(self) -> dict[str, Any]:
+        """Every value as the run folder's config.yaml holds it, and as `--config` reads it
+        back: nested, with the model folders relative to the project (which `EngineConfig`
+        resolves back), so that it holds no machine's paths but those given."""
+        values = config_mapping(self)
+        engine = values["env"]["engine"]
+        for key in ("model", "draft_model"):
+            engine[key] = project_relative(engine[key])
+        return values
 
 
 def make_env(config, seed: int, offset_max: int = 0, cost=None):
@@ -263,25 +246,22 @@ def make_env(config, seed: int, offset_max: int = 0, cost=None):
 
 def prepare_run(cfg: TrainConfig, argv: list[str]) -> Path:
     """Make the run folder and save the config and the command into it."""
-    name = cfg.run_name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.run_name or f"{cfg.env.engine.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output_dir) / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    values = dataclasses.asdict(cfg) | {"net_arch": list(cfg.net_arch)}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.record(), sort_keys=False))
     command = "python -m training.train_ppo " + " ".join(shlex.quote(a) for a in argv)
     (run_dir / "command.txt").write_text(command + "\n")
     return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.cli import ConfigError, parse_config
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse_config(
-            TrainConfig, argv, "python -m training.train_ppo", __doc__.split("\n\n")[0]
+            TrainConfig, argv, "python -m training.train_ppo", __doc__.split("\n\n")[0], RENAMED
         )
-        checks = check_inputs(cfg, env_config(cfg), env_config(cfg, evaluation=True))
+        checks = check_inputs(cfg, cfg.train_env(), cfg.eval_env())
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -303,9 +283,10 @@ def check_inputs(cfg: TrainConfig, train_env, eval_env) -> dict[str, Any]:
     eval_env, _ = resolve(eval_env)
 
     trace = load_trace(train_env.trace, train_env.trace_format)
-    if trace.duration_s < cfg.window_s:
+    if trace.duration_s < train_env.window_s:
         raise ValueError(
-            f"trace {cfg.trace} lasts {trace.duration_s:.0f} s < window {cfg.window_s} s"
+            f"trace {train_env.trace} lasts {trace.duration_s:.0f} s < window "
+            f"{train_env.window_s} s"
         )
     held_back = apply_replay(
         load_trace(eval_env.trace, eval_env.trace_format),
