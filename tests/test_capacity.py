@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
+from training.capacity import main
 from training.evaluation.capacity import ATTAINMENT, find_capacity
 
 
@@ -38,3 +40,31 @@ def test_nan_attainment_fails_and_a_bad_bracket_is_refused():
     assert not find_capacity(lambda scale: math.nan, 1.0, 2.0).scale
     with pytest.raises(ValueError, match="need 0 < low <= high"):
         find_capacity(cliff(1.0), 2.0, 1.0)
+
+
+@pytest.mark.engine
+def test_the_capacity_command_bisects_each_controller_on_the_twin(tmp_path, capsys):
+    # A small CPU engine and a short dense window: the plain engine's capacity and the
+    # goodput controller's, with every probe kept.
+    out = tmp_path / "capacity.json"
+    status = main(
+        [
+            "--trace", "synthetic:poisson?rate=20&duration=40&input_mean=64&output_mean=48&seed=3",
+            "--windows", "1", "--window-s", "30", "--max-output-tokens", "64",
+            "--scales", "0.2,0.6", "--controllers", "nospec,goodput", "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "SLO capacity (90% of requests within" in printed and "(twin)" in printed
+    record = json.loads(out.read_text())
+    (traced,) = record["traces"].values()
+    for name in ("nospec", "goodput"):
+        (row,) = traced["controllers"][name]
+        probes = row["probes"]
+        assert row["bounded"] and row["rate"] > 0
+        passed = [p["scale"] for p in probes if p["attainment"] >= ATTAINMENT]
+        failed = [p["scale"] for p in probes if p["attainment"] < ATTAINMENT]
+        assert failed and min(failed) / max(passed) - 1 <= 0.011
+        assert row["rate"] == pytest.approx(row["requests"] * max(passed) / 30)
+    assert traced["summary"]["goodput"]["vs_nospec"]["ratio"] > 0

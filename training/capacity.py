@@ -29,8 +29,8 @@ from agents.registry import NAMES_HELP, parse_controller
 from envs.build import resolve
 from envs.config import EnvConfig
 from envs.traces import Trace, apply_replay, load_trace
-from serving.config import EngineConfig
 from training.bootstrap import geometric_mean, ratio_interval
+from training.cli import add_env_flags, read_env_flags
 from training.evaluation.capacity import ATTAINMENT, Capacity, find_capacity
 from training.evaluation.compare import CONFIDENCE, INTERVAL_MIN_SAMPLES
 from training.ratio import format_ratio
@@ -93,10 +93,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[EnvConfig, object, list, lis
         if profile is not None and wanted is not None and profile != wanted:
             raise ValueError(f"suite {args.suite} is priced with {wanted}, not {profile}")
         profile = profile or wanted
-    env = EnvConfig(
-        engine=EngineConfig(method=args.method, k_max=args.k_max), profile=profile, twin=True
-    )
-    env, cost_profile = resolve(env)
+    env, cost_profile = resolve(replace(read_env_flags(args), profile=profile, twin=True))
     specs = [parse_controller(name, env.engine.k_max) for name in args.controllers.split(",")]
     return env, cost_profile, specs, groups(args)
 
@@ -125,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", default=None, help="a steady-state suite (training.suites)")
     p.add_argument("--trace", default="azure-conv", help="a known region, trace file or spec")
     p.add_argument("--windows", type=int, default=3, help="windows of the trace")
-    p.add_argument("--window-s", type=float, default=240.0, help="trace seconds a window")
-    p.add_argument("--max-output-tokens", type=int, default=256)
     p.add_argument("--scales", default="1,8", help="the bracket of rate scales to start from")
-    p.add_argument("--method", default="ngram", choices=("ngram", "draft_model"))
-    p.add_argument("--k-max", type=int, default=EngineConfig.k_max)
-    p.add_argument("--profile", default=None, help="cost profile (default: the suite's)")
+    add_env_flags(
+        p,
+        ("window_s", "max_input_tokens", "max_output_tokens", "method", "k_max", "profile"),
+        defaults={"window_s": 240.0, "max_output_tokens": 256},
+        help={"profile": "cost profile (default: the suite's, else the method's measured table)"},
+    )
     p.add_argument("--controllers", default=DEFAULT_CONTROLLERS, help=NAMES_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write every search here")

@@ -42,10 +42,9 @@ from pathlib import Path
 from agents.cost import Profile
 from agents.registry import NAMES_HELP, ORACLES, ControllerSpec, parse_controller
 from envs.build import resolve
-from envs.config import DEFAULT_TRACE, EnvConfig
+from envs.config import EnvConfig
 from envs.traces import Trace, apply_replay, load_trace
-from serving.config import EngineConfig
-from training.cli import deprecated_alias
+from training.cli import add_env_flags, deprecated_alias, read_env_flags
 from training.evaluation.report import report
 from training.evaluation.runs import Entry, Run, Sample, evaluate, replays_path
 from training.replays import Bench
@@ -142,22 +141,9 @@ def check_inputs(args: argparse.Namespace) -> Plan:
         if profile not in (None, chosen.profile):
             raise ValueError(f"suite {args.suite} is priced with {chosen.profile}, not {profile}")
         profile = chosen.profile
-    env = EnvConfig(
-        trace=args.trace,
-        trace_format=args.trace_format,
-        window_s=args.window_s,
-        rate_scale=args.rate_scale,
-        length_scale=args.length_scale,
-        max_input_tokens=args.max_input_tokens,
-        max_output_tokens=args.max_output_tokens,
-        engine=EngineConfig(method=args.method, k_max=args.k_max, max_num_seqs=args.max_num_seqs),
-        clock=args.clock,
-        profile=profile,
-        twin=args.twin,
-    )
-    env, profile = resolve(env)
-    slo = {"ttft_s": args.ttft_slo_s, "tpot_s": args.tpot_slo_s}
-    env = replace(env, slo=replace(env.slo, **{k: v for k, v in slo.items() if v is not None}))
+    # A GPU profile's deployment sets its SLOs in resolve; only the SLO flags given override them.
+    env, profile = resolve(replace(read_env_flags(args), profile=profile))
+    env = read_env_flags(args, env, names=("ttft_slo_s", "tpot_slo_s"))
     specs = [parse_controller(name, env.engine.k_max) for name in args.controllers.split(",")]
     if args.clock == "wall" and any(s.kind in ORACLES for s in specs):
         raise ValueError("the oracles peek at each step's k_max drafts: they need --clock model")
@@ -198,10 +184,19 @@ def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default=None, help=f"a named suite: {', '.join(SUITES)}")
-    p.add_argument("--trace", default=DEFAULT_TRACE, help="trace file or synthetic: spec")
-    p.add_argument("--trace-format", default=None, choices=("azure", "burstgpt", "mooncake"))
-    window = p.add_argument("--window-s", type=float, default=60.0, help="trace seconds a window")
-    deprecated_alias(p, window, "--window")
+    flags = add_env_flags(
+        p,
+        defaults={"window_s": 60.0, "ttft_slo_s": None, "tpot_slo_s": None},
+        help={
+            "ttft_slo_s": "TTFT SLO, seconds (default: 1, or the GPU profile's)",
+            "tpot_slo_s": "TPOT SLO, seconds per token (default: 0.05, or the GPU profile's)",
+            "twin": "replay on the engine's twin (model clock; acceptance recorded once per "
+            "window on the live engine); nospec on the plain engine's twin",
+        },
+    )
+    deprecated_alias(p, flags["window_s"], "--window")
+    deprecated_alias(p, flags["ttft_slo_s"], "--ttft-slo")
+    deprecated_alias(p, flags["tpot_slo_s"], "--tpot-slo")
     start = p.add_argument(
         "--window-start-s", type=float, default=0.0, help="trace second the window starts at"
     )
@@ -212,47 +207,8 @@ def parser() -> argparse.ArgumentParser:
         help="a count of windows spread over the trace's held-back region (or the whole "
         "trace), or a comma-separated list of starts in seconds",
     )
-    p.add_argument("--rate-scale", type=float, default=1.0, help="speed-up of arrivals")
-    p.add_argument("--length-scale", type=float, default=1.0)
-    p.add_argument("--max-input-tokens", type=int, default=EnvConfig.max_input_tokens)
-    p.add_argument("--max-output-tokens", type=int, default=EnvConfig.max_output_tokens)
-    p.add_argument("--method", default="ngram", choices=("ngram", "draft_model"))
-    p.add_argument("--k-max", type=int, default=EngineConfig.k_max)
-    p.add_argument(
-        "--max-num-seqs",
-        type=int,
-        default=EngineConfig.max_num_seqs,
-        help="running requests at most (a GPU profile sets its own)",
-    )
-    p.add_argument("--clock", default="model", help="model (default) or wall")
-    p.add_argument(
-        "--profile",
-        default=None,
-        help="cost profile: a path or a name under checkpoints/profiles (e.g. a100-llama3-8b); "
-        "default: the measured table of --method",
-    )
-    ttft = p.add_argument(
-        "--ttft-slo-s",
-        type=float,
-        default=None,
-        help="TTFT SLO, seconds (default: 1, or the GPU profile's)",
-    )
-    deprecated_alias(p, ttft, "--ttft-slo")
-    tpot = p.add_argument(
-        "--tpot-slo-s",
-        type=float,
-        default=None,
-        help="TPOT SLO, seconds per token (default: 0.05, or the GPU profile's)",
-    )
-    deprecated_alias(p, tpot, "--tpot-slo")
     p.add_argument(
         "--controllers", default=DEFAULT_CONTROLLERS, help=f"comma-separated: {NAMES_HELP}"
-    )
-    p.add_argument(
-        "--twin",
-        action="store_true",
-        help="replay on the engine's twin (model clock; acceptance recorded once per window on "
-        "the live engine); nospec on the plain engine's twin",
     )
     p.add_argument("--repeats", type=int, default=1, help="replays per window (wall clock only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts and temperatures")

@@ -190,7 +190,7 @@ def record_table(
         tokens=np.array([t for r in plan for t in outputs[r.request_id]], dtype=np.int32),
         proposed=np.array(proposed, dtype=np.int8),
         hits=np.array(hits, dtype=np.int8),
-        features=np.array(features, dtype=np.float32).reshape(-1, engine.k_max, width),
+        features=np.stack(features).astype(np.float32),
         description=description,
     )
 
