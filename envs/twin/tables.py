@@ -179,6 +179,22 @@ class AcceptanceTable:
             for i, rid in enumerate(self.request_ids)
         }
 
+    def slot_samples(self) -> SlotSamples:
+        """Every draft slot the target judged, as a calibrator learns from them: slot j of the
+        proposal at a position is judged if the slots before it were accepted (hits >= j), and
+        accepted if hits > j. Position 0 (the prefill) and empty proposals give none."""
+        proposed = self.proposed.astype(np.int64)
+        hits = self.hits.astype(np.int64)
+        slots = np.arange(self.key.k_max)
+        judged = (slots[None, :] < proposed[:, None]) & (slots[None, :] <= hits[:, None])
+        row, slot = np.nonzero(judged)
+        return SlotSamples(
+            features=self.features[row, slot],
+            slot=slot,
+            accepted=(hits[row] > slot).astype(np.float64),
+            row=row,
+        )
+
     # --- files -----------------------------------------------------------------------------
 
     def save(self, path: Path) -> Path:
@@ -250,6 +266,19 @@ class AcceptanceTable:
                 + ")"
             )
         return table
+
+
+class SlotSamples(NamedTuple):
+    """The judged draft slots of a table (see `AcceptanceTable.slot_samples`)."""
+
+    features: np.ndarray
+    """(N, F): each slot's features."""
+    slot: np.ndarray
+    """(N,): its draft position j."""
+    accepted: np.ndarray
+    """(N,): 1.0 if the target accepted it (the slots before it were)."""
+    row: np.ndarray
+    """(N,): the flat position (request and output position) of its proposal."""
 
 
 class RecentTables:
