@@ -50,7 +50,7 @@ from agents.controller import Controller
 from agents.cost import CostModel
 from agents.features import FeatureBuilder
 from agents.records import DraftView, StepRecord
-from serving.step_control import Outcome, Scheduled, StepControl, StepListener
+from serving.step_control import Outcome, Plan, Scheduled, StepControl, StepListener
 
 ASYNC_REFUSED = (
     "the speculation-control scheduler needs synchronous scheduling, but async scheduling is "
@@ -82,7 +82,7 @@ class SpecControlScheduler(Scheduler):
         """The decisions, cuts, pricing and records (`serving.step_control`)."""
         self._names: dict[str, str] = {}
         # Set by schedule(), read by update_from_output() of the same step.
-        self._step_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self._step_start: tuple[Plan, float, float, float] | None = None
         self._step_before: dict[str, tuple[Request, int, int]] = {}
 
     # --- control ---------------------------------------------------------------------------
@@ -150,19 +150,19 @@ class SpecControlScheduler(Scheduler):
         started_at = self.clock()
         names = self._names
         running = list(self.running)
-        ks = self.control.begin(
+        plan = self.control.begin(
             started_at,
             [(names.get(r.request_id, r.request_id), len(r.spec_token_ids)) for r in running],
             self._draft_views,
             self._prefill_waiting,
         )
-        for request, k in zip(running, ks, strict=True):
+        for request, k in zip(running, plan.ks, strict=True):
             if len(request.spec_token_ids) > k:
                 request.spec_token_ids = request.spec_token_ids[:k]
 
         output = super().schedule(*args, **kwargs)
 
-        self._step_start = (t0, c0, started_at)
+        self._step_start = (plan, t0, c0, started_at)
         # schedule() already advanced num_computed_tokens by this step's tokens.
         self._step_before = {
             rid: (
@@ -198,7 +198,7 @@ class SpecControlScheduler(Scheduler):
     # --- internals -------------------------------------------------------------------------
 
     def _record(self, out: SchedulerOutput, num_sampled: Mapping[str, int]) -> StepRecord:
-        t0, c0, started_at = self._step_start
+        plan, t0, c0, started_at = self._step_start
         wall_time = time.perf_counter() - t0
         cpu_time = time.thread_time() - c0
         names = self._names
@@ -243,6 +243,7 @@ class SpecControlScheduler(Scheduler):
         num_running, num_waiting = self.get_request_counts()
         waiting_arrivals = [r.arrival_time for r in self.waiting]
         record = self.control.record(
+            plan,
             outcomes,
             started_at=started_at,
             step_time=step_time,
