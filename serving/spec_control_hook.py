@@ -200,7 +200,9 @@ class SpecControlHook:
             scheduler_output.num_spec_tokens_to_schedule = (
                 self.k_max
                 if self.cost_model is not None
-                else self.control.draft_budget({names.get(r.request_id) for r in self.running})
+                else self.control.draft_budget(
+                    {names.get(r.request_id, r.request_id) for r in self.running}
+                )
             )
         super()._update_after_schedule(scheduler_output)
         self._in_flight.append(
