@@ -77,6 +77,7 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 
 from agents.controller import Controller, DraftAware
 from agents.features import FeatureBuilder
+from serving.scheduler_choice import drafts_refused
 from serving.spec_control_hook import SpecControlHook
 
 SYNC_REFUSED = (
@@ -90,15 +91,6 @@ def check_async_scheduling(scheduler_config) -> None:
     """Raise ValueError if vLLM's scheduler config does not schedule asynchronously."""
     if not scheduler_config.async_scheduling:
         raise ValueError(SYNC_REFUSED)
-
-
-def drafts_refused(name: str) -> str:
-    """Why the controller `name` cannot run under async scheduling."""
-    return (
-        f"controller {name!r} looks at each request's draft tokens before every step, but "
-        "under async scheduling the scheduler holds only placeholders for them (the drafts "
-        "stay on the worker): run it with synchronous scheduling (--no-async-scheduling)"
-    )
 
 
 class AsyncSpecControlScheduler(SpecControlHook, AsyncScheduler):

@@ -350,7 +350,7 @@ def test_the_controller_decides_each_step_before_the_previous_steps_record_arriv
 
 
 def test_a_controller_that_looks_at_the_drafts_is_refused_naming_it(vllm_config):
-    from serving.async_scheduler_hook import drafts_refused
+    from serving.scheduler_choice import drafts_refused
 
     class DraftReader(ScriptedController):
         name = "oracle"
@@ -463,3 +463,26 @@ def test_outputs_out_of_order_are_refused(vllm_config):
         second.finish(scheduler)
     first.finish(scheduler)
     second.finish(scheduler)
+
+
+# --- the server's scheduler on the async hook ----------------------------------------------
+
+
+def test_the_servers_async_scheduler_runs_its_controller_and_says_which_scheduler_it_is():
+    from prometheus_client import REGISTRY
+
+    from serving.controller_settings import ControllerSettings
+    from serving.serving_scheduler import AsyncServingScheduler
+
+    config = small_config()
+    config.additional_config = ControllerSettings("static:2").to_additional_config()
+    scheduler = build(config, cls=AsyncServingScheduler)
+    labels = {"scheduler": "AsyncServingScheduler", "scheduling": "async"}
+    assert REGISTRY.get_sample_value("turbospec:scheduler_info", labels) == 1
+    add(scheduler, "a")
+    prefill = Step(scheduler)
+    assert prefill.output.num_spec_tokens_to_schedule == 2
+    first = Step(scheduler)
+    assert first.drafts == {"a": 2}
+    prefill.finish(scheduler)
+    assert first.finish(scheduler).k == 2
