@@ -24,11 +24,11 @@ record holds the k_max proposal's size, from which the accepted count at every o
 follows (`RequestStep.accepted_if`). The cost model charges only what the chosen k
 computed. Drafting k_max costs this machine's wall time, not the model clock's.
 
-The hook is built on the synchronous `Scheduler`, which is what vLLM's CPU platform runs. With
-async scheduling (vLLM's GPU default for EAGLE, MTP and draft-model speculation) the engine
-schedules step t+1 before step t's drafts exist and keeps placeholder drafts in
-`spec_token_ids`, so neither the truncation nor the recorded counts would mean what they say
-here: the hook refuses that configuration instead (`check_sync_scheduling`).
+This hook is built on the synchronous `Scheduler`, which is what vLLM's CPU platform runs.
+With async scheduling (vLLM's GPU default for EAGLE, MTP, draft-model and ngram_gpu
+speculation) the engine schedules step t+1 before step t's drafts exist and keeps
+placeholder drafts in `spec_token_ids`: that engine needs the async hook
+(`serving.async_scheduler_hook`), and this one refuses it (`check_sync_scheduling`).
 
 The control itself (the decision, the cuts, the pricing, the records) is the step-control
 core `serving.step_control`, which the twin drives too; `serving.spec_control_hook` adapts
@@ -43,9 +43,9 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from serving.spec_control_hook import SpecControlHook
 
 ASYNC_REFUSED = (
-    "the speculation-control scheduler needs synchronous scheduling, but async scheduling is "
-    "on: pass --no-async-scheduling (EngineArgs(async_scheduling=False)). Async scheduling "
-    "keeps placeholder drafts one step ahead, which per-step k control does not handle."
+    "SpecControlScheduler runs on vLLM's synchronous scheduling, but async scheduling is on: "
+    "install serving.async_scheduler_hook.AsyncSpecControlScheduler for it, or pass "
+    "--no-async-scheduling (EngineArgs(async_scheduling=False))"
 )
 
 
