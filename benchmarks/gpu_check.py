@@ -43,6 +43,7 @@ from agents.paths import LM_DIR
 from serving.config import EngineConfig
 
 SERVERS = ("plain", "stock", "static", "goodput")
+"""The servers the check starts, in the order their rows are printed (see the module)."""
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 """No hub look-ups and no usage reports: the check needs no network."""
 
@@ -270,18 +271,18 @@ def run(args: argparse.Namespace, log_dir: Path) -> Report:
     factory = PromptFactory(LM_DIR / "target", seed=0)
     prompts = [factory.make(args.prompt_tokens).token_ids for _ in range(args.requests)]
     with ExitStack() as stack:
-        servers = {
-            name: stack.enter_context(
-                ServerProcess(
-                    server_args,
-                    command=command,
-                    log_path=log_dir / f"{name}.log",
-                    env=OFFLINE_ENV,
-                    startup_timeout_s=args.startup_timeout_s,
-                )
+        servers = {}
+        for name, (command, server_args) in server_commands(args).items():
+            servers[name] = server = ServerProcess(
+                server_args,
+                command=command,
+                log_path=log_dir / f"{name}.log",
+                env=OFFLINE_ENV,
+                startup_timeout_s=args.startup_timeout_s,
             )
-            for name, (command, server_args) in server_commands(args).items()
-        }
+            stack.callback(server.stop)
+        for server in servers.values():  # all four start at once
+            server.wait_ready()
         print(f"servers up: {', '.join(f'{n} {s.url}' for n, s in servers.items())}", flush=True)
         for server in servers.values():  # the first requests pay for warm-up
             asyncio.run(_round(server.url, prompts[:4], args.max_tokens))
