@@ -246,9 +246,9 @@ def _check_scheduler_cls(
     if not (isinstance(cls, type) and issubclass(cls, ServedControl)):
         parser.error(f"--scheduler-cls {qualname} must subclass {choice.scheduler_cls}")
     if issubclass(cls, AsyncScheduler) != choice.async_scheduling:
-        kind = "async" if choice.async_scheduling else "synchronous"
+        how = "asynchronously" if choice.async_scheduling else "synchronously"
         parser.error(
-            f"--scheduler-cls {qualname}: the engine schedules {kind}ly here "
+            f"--scheduler-cls {qualname}: the engine schedules {how} here "
             f"({choice.reason}), so it must subclass {choice.scheduler_cls}"
         )
 
