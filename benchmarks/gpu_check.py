@@ -5,8 +5,9 @@ pair in `checkpoints/lm/`. It starts four servers on 127.0.0.1 at once, each wit
 of the GPU's memory and the same engine settings (the launcher's defaults for the pair,
 draft-model speculation at k_max, eager mode, prefix caching off):
 
-- `plain`: stock `vllm serve` without speculation, whose greedy outputs are the reference;
-- `stock`: stock `vllm serve` with the speculation, scheduled as vLLM chooses (on a GPU:
+- `plain`: stock vLLM's server (`benchmarks.stock_server`, what `vllm serve` runs) without
+  speculation, whose greedy outputs are the reference;
+- `stock`: stock vLLM's server with the speculation, scheduled as vLLM chooses (on a GPU:
   asynchronously);
 - `static`: `python -m serving.launch --async-scheduling --controller static:K`, the async
   hook at stock's k;
@@ -120,9 +121,9 @@ def server_commands(args: argparse.Namespace) -> dict[str, tuple[tuple[str, ...]
         "--served-model-name", "turbospec-small",
     ]  # fmt: skip
     speculative = ["--speculative-config", json.dumps(engine.speculative_config())]
-    stock = ("vllm.entrypoints.cli.main", "serve", engine.model)
-    launcher = ("serving.launch",)
-    hooked = ["--model", engine.model, *common, *speculative, "--async-scheduling"]
+    stock, launcher = ("benchmarks.stock_server",), ("serving.launch",)
+    common = ["--model", engine.model, *common]
+    hooked = [*common, *speculative, "--async-scheduling"]
     return {
         "plain": (stock, common),
         "stock": (stock, [*common, *speculative]),
@@ -202,8 +203,10 @@ class Report:
         """Every check that failed, in words (none: the check passes)."""
         failed = []
         for name, scheduler in self.schedulers.items():
-            if scheduler != ("AsyncServingScheduler", "async"):
-                failed.append(f"{name} runs {scheduler or 'no hook'}, not async scheduling")
+            if scheduler is None:
+                failed.append(f"{name} reports no hook")
+            elif scheduler != ("AsyncServingScheduler", "async"):
+                failed.append(f"{name} runs {scheduler[0]} ({scheduler[1]} scheduling), not async")
         reference = self.rounds["plain"].texts
         for name in SERVERS[1:]:
             equal = equal_outputs(reference, self.rounds[name].texts)

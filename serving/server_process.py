@@ -1,5 +1,5 @@
-"""`ServerProcess`: `python -m serving.launch` (or stock vLLM's server) in a child process, for
-benchmarks and tests, and the completion requests they send it."""
+"""`ServerProcess`: `python -m serving.launch` (or another server module) in a child process,
+for benchmarks and tests, and the completion requests they send it."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class ServerProcess:
         command: Sequence[str] = LAUNCHER,
     ) -> None:
         """Start `python -m *command --port PORT *args`, logging to `log_path`; `command` is
-        the launcher's by default (stock vLLM's: "vllm.entrypoints.cli.main", "serve", MODEL)."""
+        the launcher's by default (stock vLLM's server: `benchmarks.stock_server`)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
