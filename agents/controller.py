@@ -23,9 +23,12 @@ class Decision(NamedTuple):
 class Controller(Protocol):
     """Chooses k for the next engine step from what recent steps did.
 
-    The engine calls `decide` before every step and `observe` after it, in that order, so a
-    controller sees every StepRecord exactly once. Implementations are pure Python/numpy:
-    they run inside vLLM's scheduler loop and must not import vLLM or torch.
+    The engine calls `decide` before every step and `observe` once the step's outcomes are
+    known, so a controller sees every StepRecord exactly once, in step order. With
+    synchronous scheduling that is right after the step, before the next `decide`; under
+    vLLM's async scheduling the record of step t comes after the decision for step t+1
+    (`StepRecord.in_flight` says how many decisions it trails). Implementations are pure
+    Python/numpy: they run inside vLLM's scheduler loop and must not import vLLM or torch.
     """
 
     name: str

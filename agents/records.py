@@ -158,6 +158,11 @@ class StepRecord:
     cpu_time: float = 0.0
     """CPU seconds the engine's thread spent in that interval: the wall time less any time
     the thread was descheduled (the engine runs on one thread)."""
+    in_flight: int = 0
+    """Steps the engine began after this one before this one's outcomes were known: 0 when
+    every step is recorded before the next is scheduled (the synchronous hook, the twin); 1
+    under vLLM's async scheduling, where step `step + 1` was decided before this record
+    existed, so the next decision is for step `step + in_flight + 1`."""
 
     @property
     def finished_at(self) -> float:

@@ -59,6 +59,12 @@ class ControllerSpec:
         return self.kind not in ("nospec", "static")
 
     @property
+    def reads_drafts(self) -> bool:
+        """Whether it looks at each request's draft tokens before a step (the oracles),
+        which an engine under vLLM's async scheduling cannot show it."""
+        return self.kind in ORACLES
+
+    @property
     def speculates(self) -> bool:
         """False for nospec, which runs an engine with no speculation configured at all."""
         return self.kind != "nospec"

@@ -7,14 +7,16 @@
 
 Every `vllm serve` argument works as it does there: this is vLLM's own argument parser and API
 server, with defaults for the small CPU model pair in `checkpoints/` and the scheduler hook
-installed through `--scheduler-cls`. The controller settings travel to the engine-core process
-in `--additional-config` (see `serving.controller_settings`). The server binds 127.0.0.1
-unless `--host` says otherwise.
+installed through `--scheduler-cls`: the async hook where vLLM would schedule asynchronously,
+the synchronous one elsewhere (`serving.scheduler_choice`; the launcher logs which). The
+controller settings travel to the engine-core process in `--additional-config` (see
+`serving.controller_settings`). The server binds 127.0.0.1 unless `--host` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -28,10 +30,17 @@ from serving.controller_settings import (
     DEFAULT_TTFT_SLO_S,
     ControllerSettings,
 )
+from serving.logs import log_to_stderr
 from serving.model_id import model_id
+from serving.scheduler_choice import (
+    SchedulerChoice,
+    async_methods,
+    choose_scheduler,
+    platform_schedules_async,
+)
 from serving.threads import limit_threads
 
-SCHEDULER_CLS = "serving.serving_scheduler.ServingScheduler"
+LOGGER_NAME = "turbospec.serving.launch"
 SHUTDOWN_DRAIN_S = 30
 """Seconds requests in flight get to finish after SIGTERM (vLLM's --shutdown-timeout)."""
 SERVED_NAME = "turbospec-small"
@@ -107,8 +116,6 @@ def build_parser():
         enable_prefix_caching=engine.enable_prefix_caching,
         seed=engine.seed,
         speculative_config=engine.speculative_config(),
-        scheduler_cls=SCHEDULER_CLS,
-        async_scheduling=False,
         # Drain on SIGTERM: vLLM's default (0) aborts by cancelling its output handler, which
         # leaves streams in flight waiting forever and the process never exits.
         shutdown_timeout=SHUTDOWN_DRAIN_S,
@@ -158,30 +165,44 @@ def controller_settings(args: argparse.Namespace, no_arguments: bool) -> Control
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and check the arguments; exit 2 with a message naming what is wrong.
 
-    Checks everything that can be checked before vLLM starts: async scheduling (refused), a
-    replacement scheduler class, the controller name and its profile. Puts the controller
-    settings into `args.additional_config`.
+    Checks everything that can be checked before vLLM starts: the controller name and its
+    profile, the scheduling and the hook for it (`serving.scheduler_choice`), and a
+    replacement scheduler class. Puts the controller settings into `args.additional_config`
+    and pins `args.async_scheduling` and `args.scheduler_cls` to the choice.
     """
+    return _parse(argv)[0]
+
+
+def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, SchedulerChoice]:
+    from agents.registry import parse_controller
+
     parser = build_parser()
     args = parser.parse_args(list(argv))
     if args.model_tag is not None:
         args.model = args.model_tag
         args.model_tag = None
-    if args.async_scheduling:
-        parser.error(
-            "--async-scheduling: the speculation-control hook runs on vLLM's synchronous "
-            "scheduler only (it does not handle the placeholder drafts of async scheduling)"
-        )
-    if args.scheduler_cls != SCHEDULER_CLS:
-        _check_scheduler_cls(parser, args.scheduler_cls)
     try:
         settings = controller_settings(args, no_arguments=not argv)
+        speculative = args.speculative_config
+        k_max = speculative.get("num_speculative_tokens", 0) if speculative else 0
+        choice = choose_scheduler(
+            platform_async=platform_schedules_async(),
+            requested=args.async_scheduling,
+            speculative=speculative,
+            controller=parse_controller(settings.controller, k_max),
+            methods=async_methods(),
+        )
     except ValueError as err:  # ProfileError is a ValueError
         parser.error(str(err))
+    args.async_scheduling = choice.async_scheduling
+    if args.scheduler_cls is None:
+        args.scheduler_cls = choice.scheduler_cls
+    else:
+        _check_scheduler_cls(parser, args.scheduler_cls, choice)
     args.additional_config = {**(args.additional_config or {}), **settings.to_additional_config()}
     if args.model == EngineConfig().model and not args.served_model_name:
         args.served_model_name = [SERVED_NAME]
-    return args
+    return args, choice
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,7 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
 
-    args = parse_args(argv)
+    args, choice = _parse(argv)
+    log_to_stderr()
+    logging.getLogger(LOGGER_NAME).info(choice.describe())
     cli_env_setup()
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
@@ -206,18 +229,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _check_scheduler_cls(parser: argparse.ArgumentParser, qualname: str) -> None:
-    """A replacement scheduler must still be a ServingScheduler, or no controller would run."""
+def _check_scheduler_cls(
+    parser: argparse.ArgumentParser, qualname: str, choice: SchedulerChoice
+) -> None:
+    """A replacement scheduler must still be a serving scheduler, or no controller would run,
+    and of the kind the engine schedules with, or the hook would misread its drafts."""
     from vllm.utils.import_utils import resolve_obj_by_qualname
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 
-    from serving.serving_scheduler import ServingScheduler
+    from serving.serving_scheduler import ServedControl
 
     try:
         cls = resolve_obj_by_qualname(qualname)
     except (ImportError, AttributeError, ValueError) as err:
         parser.error(f"--scheduler-cls {qualname}: cannot import it ({err})")
-    if not (isinstance(cls, type) and issubclass(cls, ServingScheduler)):
-        parser.error(f"--scheduler-cls {qualname} must subclass {SCHEDULER_CLS}")
+    if not (isinstance(cls, type) and issubclass(cls, ServedControl)):
+        parser.error(f"--scheduler-cls {qualname} must subclass {choice.scheduler_cls}")
+    if issubclass(cls, AsyncScheduler) != choice.async_scheduling:
+        how = "asynchronously" if choice.async_scheduling else "synchronously"
+        parser.error(
+            f"--scheduler-cls {qualname}: the engine schedules {how} here "
+            f"({choice.reason}), so it must subclass {choice.scheduler_cls}"
+        )
 
 
 if __name__ == "__main__":

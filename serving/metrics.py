@@ -20,7 +20,7 @@ K_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 12, 16)
 
 
 @functools.cache
-def _metrics() -> tuple[Histogram, Counter, Counter, Gauge]:
+def _metrics() -> tuple[Histogram, Counter, Counter, Gauge, Gauge]:
     # Created once per process: prometheus_client refuses to register a name twice.
     k_chosen = Histogram(
         "turbospec:k_chosen",
@@ -44,15 +44,22 @@ def _metrics() -> tuple[Histogram, Counter, Counter, Gauge]:
         ["controller", "deciding"],
         multiprocess_mode="livemax",
     )
-    return k_chosen, switches, fallback_steps, info
+    scheduler = Gauge(
+        "turbospec:scheduler_info",
+        "1 for the scheduler class the engine runs and how it schedules (sync or async).",
+        ["scheduler", "scheduling"],
+        multiprocess_mode="livemax",
+    )
+    return k_chosen, switches, fallback_steps, info, scheduler
 
 
 class ControllerMetrics:
-    """Exports what one engine's controller does: k per step, fallbacks, who decides."""
+    """Exports what one engine's controller does (k per step, fallbacks, who decides) and
+    which scheduler it runs on."""
 
     def __init__(self, controller_name: str) -> None:
         """Start exporting for the controller named `controller_name`."""
-        self.k_chosen, self.switches, self.fallback_steps, self._info = _metrics()
+        self.k_chosen, self.switches, self.fallback_steps, self._info, self._scheduler = _metrics()
         self.controller_name = controller_name
         self._deciding: str | None = None
         self._fallback_counts: dict[str, int] = {}
@@ -65,6 +72,10 @@ class ControllerMetrics:
             self._info.labels(self.controller_name, self._deciding).set(0)
         self._info.labels(self.controller_name, deciding).set(1)
         self._deciding = deciding
+
+    def set_scheduler(self, scheduler: str, scheduling: str) -> None:
+        """Mark the scheduler class the engine runs and how it schedules ("sync" or "async")."""
+        self._scheduler.labels(scheduler, scheduling).set(1)
 
     def switched(self, reason: str) -> None:
         """Count one switch of the deciding controller, for `reason`."""

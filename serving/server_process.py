@@ -1,5 +1,5 @@
-"""`ServerProcess`: `python -m serving.launch` in a child process, for benchmarks and tests,
-and the completion requests they send it."""
+"""`ServerProcess`: `python -m serving.launch` (or another server module) in a child process,
+for benchmarks and tests, and the completion requests they send it."""
 
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ def stream_chunk(line: str) -> dict | None:
     return json.loads(line.removeprefix("data: ")) if line.startswith("data: {") else None
 
 
+LAUNCHER = ("serving.launch",)
+"""The command of the project's server: `python -m serving.launch`."""
+
+
 class ServerProcess:
     """A launched server on 127.0.0.1; a context manager that stops it with SIGTERM."""
 
@@ -59,15 +63,17 @@ class ServerProcess:
         port: int | None = None,
         env: dict[str, str] | None = None,
         startup_timeout_s: float = 240.0,
+        command: Sequence[str] = LAUNCHER,
     ) -> None:
-        """Start `python -m serving.launch --port PORT *args`, logging to `log_path`."""
+        """Start `python -m *command --port PORT *args`, logging to `log_path`; `command` is
+        the launcher's by default (stock vLLM's server: `benchmarks.stock_server`)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
         self.startup_timeout_s = startup_timeout_s
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.launch", "--port", str(self.port), *args],
+            [sys.executable, "-m", *command, "--port", str(self.port), *args],
             cwd=PROJECT_ROOT,
             env=os.environ | (env or {}),
             stdout=self._log,

@@ -1,10 +1,13 @@
-"""The scheduler the OpenAI-compatible server runs: the hook plus the controller its settings name.
+"""The schedulers the OpenAI-compatible server runs: a hook plus the controller its settings name.
 
-`python -m serving.launch` installs `ServingScheduler` with `--scheduler-cls` and puts
-`ControllerSettings` in `--additional-config`; vLLM builds the scheduler inside the
-engine-core process, where this class builds the controller, attaches it and exports its
-decisions as Prometheus metrics. Problems with a policy artifact never stop the server (the
-guarded controller falls back); a malformed setting or a missing profile stops it at start.
+`ServingScheduler` is the synchronous hook, `AsyncServingScheduler` the async one
+(`serving.scheduler_choice` says which the launcher installs). `python -m serving.launch`
+installs one with `--scheduler-cls` and puts `ControllerSettings` in `--additional-config`;
+vLLM builds the scheduler inside the engine-core process, where `ServedControl` builds the
+controller, attaches it and exports its decisions, and which scheduler runs, as Prometheus
+metrics. Problems with a policy artifact never stop the server (the guarded controller
+falls back); a malformed setting, a missing profile or a controller the async hook cannot
+run stops it at start.
 """
 
 from __future__ import annotations
@@ -17,30 +20,17 @@ from agents.features import FeatureBuilder, FeatureConfig
 from agents.guarded import FALLBACK, POLICY, GuardedController
 from agents.records import StepRecord
 from agents.registry import ControllerContext, build_controller, parse_controller
+from serving.async_scheduler_hook import AsyncSpecControlScheduler
 from serving.controller_settings import CONFIG_KEY, ControllerSettings
+from serving.logs import log_to_stderr
 from serving.metrics import ControllerMetrics
 from serving.scheduler_hook import SpecControlScheduler
+from serving.spec_control_hook import SpecControlHook
 
 LOGGER_NAME = "turbospec.serving"
 
 
-def _log_to_stderr() -> None:
-    # vLLM configures only its own "vllm" logger; without a handler of ours, INFO lines about
-    # the policy would be dropped in the engine-core process.
-    logger = logging.getLogger("turbospec")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(
-            logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s", "%m-%d %H:%M:%S")
-        )
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
-def serving_features(
-    scheduler: SpecControlScheduler, settings: ControllerSettings
-) -> FeatureConfig:
+def serving_features(scheduler: SpecControlHook, settings: ControllerSettings) -> FeatureConfig:
     """The feature normalisers a served controller sees, from vLLM's own config: the same as
     training's for the same engine (`envs.config.feature_config`: k_max, running slots and
     the input budget max_num_batched_tokens) under the settings' SLOs."""
@@ -53,8 +43,12 @@ def serving_features(
     )
 
 
-class ServingScheduler(SpecControlScheduler):
-    """The speculation-control hook with a controller built from vLLM's additional_config."""
+class ServedControl:
+    """A controller built from vLLM's additional_config, on either hook (mixed in ahead of
+    `SpecControlScheduler` or `AsyncSpecControlScheduler`)."""
+
+    scheduling: str
+    """How the hook's vLLM scheduler schedules: "sync" or "async" (logged and exported)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -64,10 +58,11 @@ class ServingScheduler(SpecControlScheduler):
                 f"{type(self).__name__} needs additional_config[{CONFIG_KEY!r}] naming a "
                 "controller; start the server with `python -m serving.launch`"
             )
-        _log_to_stderr()
+        log_to_stderr()
         self.logger = logging.getLogger(LOGGER_NAME)
         self.settings = settings
         self.metrics = ControllerMetrics(settings.controller)
+        self.metrics.set_scheduler(type(self).__name__, self.scheduling)
         controller, features = self._build(settings)
         self.attach(controller, features)
         self._watch(controller)
@@ -92,10 +87,18 @@ class ServingScheduler(SpecControlScheduler):
         """Log which controller decides and keep the metrics told of every switch."""
         name = controller.name if controller is not None else "nospec"
         self.logger.info(
-            "speculation control: %s chooses k in 0..%d at every step",
+            "speculation control: %s chooses k in 0..%d at every step (%s, %s scheduling)",
             self.settings.controller,
             self.k_max,
+            type(self).__name__,
+            self.scheduling,
         )
+        if self.scheduling == "async" and isinstance(controller, GuardedController):
+            self.logger.warning(
+                "speculation control: the policy was trained on observations of the step "
+                "just run; under async scheduling they are a step older, so it decides from "
+                "inputs unlike its training (see serving.async_scheduler_hook)"
+            )
         if not isinstance(controller, GuardedController):
             self.metrics.set_deciding(name)
             return
@@ -130,3 +133,15 @@ class ServingScheduler(SpecControlScheduler):
         self.metrics.step(record)
         if isinstance(self.controller, GuardedController):
             self.metrics.fallback_counts(self.controller.counts)
+
+
+class ServingScheduler(ServedControl, SpecControlScheduler):
+    """The synchronous hook with a controller built from vLLM's additional_config."""
+
+    scheduling = "sync"
+
+
+class AsyncServingScheduler(ServedControl, AsyncSpecControlScheduler):
+    """The async hook with a controller built from vLLM's additional_config."""
+
+    scheduling = "async"

@@ -8,13 +8,22 @@ per step:
    one-step decision set with `set_next`, which is the environment's action, else the
    attached controller's, which sees the drafts first if it is `DraftAware`, else the last
    one), checked against k_max; then each running request's k (its override, else the global
-   k), which the engine cuts that request's drafts to.
+   k), which the engine cuts that request's drafts to. It returns the step's `Plan`.
 2. `price(scheduled, wall_time)`, after scheduling: what each scheduled request computed
    (its prompt tokens, on vLLM's prefill boundary), the `StepLoad` of the step and its
    seconds: the cost model's price on the model clock, the measured wall time otherwise.
-3. `record(outcomes, ...)`, after the model's verdict: the step's `RequestStep`s and
-   `StepRecord`, built by keyword, with first-token times stamped at the step's end; then
-   the feature builder, the controller and the listeners are told, in that order.
+3. `record(plan, outcomes, ...)`, after the model's verdict on the step `plan` began: the
+   step's `RequestStep`s and `StepRecord`, built by keyword, with first-token times stamped
+   at the step's end; then the feature builder, the controller and the listeners are told,
+   in that order.
+
+An engine that learns a step's outcomes only after it has begun later steps (vLLM's async
+scheduling decides step t+1 before step t's outcomes arrive) holds each step's plan until
+its outcomes come and records the steps in the order it began them. The record then names
+its own step (`StepRecord.step`, the plan's index) and how many steps were begun after it
+before it was recorded (`StepRecord.in_flight`), so a controller knows how stale what it
+observes is. The synchronous hook and the twin record every step before beginning the next
+(`in_flight` 0).
 
 What stays the engine's own: scheduling, how drafts are held and cut, and how the target's
 verdict is learned (vLLM's sampled tokens, or the twin's acceptance table). This is also the
@@ -58,6 +67,26 @@ class Scheduled(NamedTuple):
     """Its prompt plus output tokens before the step."""
 
 
+class Plan(NamedTuple):
+    """One step as `begin` decided it, carried to the step's `record`."""
+
+    step: int
+    """The step's index since the engine started (its record's `step`)."""
+    k: int
+    """The global k of the decision."""
+    overrides: Mapping[str, int]
+    """The decision's per-request k."""
+    ks: tuple[int, ...]
+    """Each running request's k, in the order `begin` was given them: the engine cuts that
+    request's drafts to it."""
+    request_k: Mapping[str, int]
+    """The same by request id."""
+    offered: Mapping[str, int]
+    """Drafts each running request held before the cut."""
+    num_arrived: int
+    """Requests added to the engine since the step before began."""
+
+
 class Outcome(NamedTuple):
     """What one scheduled request got from a step, as the engine learned it."""
 
@@ -96,16 +125,13 @@ class StepControl:
         self.listeners: list[StepListener] = []
         self.last_record: StepRecord | None = None
         self.num_steps = 0
-        """Steps recorded since the engine started."""
+        """Steps begun since the engine started: the index of the next one."""
         self._sees_drafts = False
         self._k = k_max
         self._overrides: dict[str, int] = {}
         self._next: Decision | None = None
         self._num_arrived = 0
         self._first_token_at: dict[str, float] = {}
-        # Set by begin(), read by record() of the same step.
-        self._step_k: dict[str, int] = {}
-        self._offered: dict[str, int] = {}
 
     # --- what drives it ----------------------------------------------------------------------
 
@@ -158,22 +184,25 @@ class StepControl:
         running: Iterable[tuple[str, int]],
         views: Callable[[], Sequence[DraftView]],
         prefill_waiting: Callable[[], int],
-    ) -> list[int]:
-        """Decide the step and return the k of each (request id, drafts held) of `running`,
-        in order: the engine cuts each request's drafts to it. `views` and `prefill_waiting`
-        are called only for a controller that looks at the drafts."""
+    ) -> Plan:
+        """Decide the next step; its plan holds the k of each (request id, drafts held) of
+        `running`, in order (`Plan.ks`): the engine cuts each request's drafts to it.
+        `views` and `prefill_waiting` are called only for a controller that looks at the
+        drafts."""
         decision = self._decide(now, views, prefill_waiting)
         self._k = k = decision.k
         self._overrides = overrides = dict(decision.per_request or {})
-        step_k: dict[str, int] = {}
+        request_k: dict[str, int] = {}
         offered: dict[str, int] = {}
         ks = []
         for rid, held in running:
-            step_k[rid] = rk = overrides.get(rid, k)
+            request_k[rid] = rk = overrides.get(rid, k)
             offered[rid] = held
             ks.append(rk)
-        self._step_k, self._offered = step_k, offered
-        return ks
+        plan = Plan(self.num_steps, k, overrides, tuple(ks), request_k, offered, self._num_arrived)
+        self.num_steps += 1
+        self._num_arrived = 0
+        return plan
 
     def draft_budget(self, running: Collection[str]) -> int:
         """The drafts per request to propose for the next step: the largest k any of the
@@ -206,6 +235,7 @@ class StepControl:
 
     def record(
         self,
+        plan: Plan,
         outcomes: Iterable[Outcome],
         *,
         started_at: float,
@@ -219,10 +249,11 @@ class StepControl:
         wall_time: float,
         cpu_time: float,
     ) -> StepRecord:
-        """The step's record from each scheduled request's outcome and the engine's counts
-        after the step; the controller, the features and the listeners are told of it."""
+        """The record of the step `plan` began, from each scheduled request's outcome and the
+        engine's counts once they are known; the controller, the features and the listeners
+        are told of it."""
         finished_at = started_at + step_time
-        k, overrides, step_k, offered = self._k, self._overrides, self._step_k, self._offered
+        k, overrides, request_k, offered = plan.k, plan.overrides, plan.request_k, plan.offered
         first_token = self._first_token_at
         requests: list[RequestStep] = []
         finished: list[FinishedRequest] = []
@@ -238,7 +269,7 @@ class StepControl:
             requests.append(
                 RequestStep(
                     request_id=rid,
-                    k=step_k.get(rid, overrides.get(rid, k)),
+                    k=request_k.get(rid, overrides.get(rid, k)),
                     drafted=o.drafted,
                     accepted=o.accepted,
                     generated=o.generated,
@@ -263,7 +294,7 @@ class StepControl:
                 )
                 self.forget(rid)
         record = StepRecord(
-            step=self.num_steps,
+            step=plan.step,
             started_at=started_at,
             step_time=step_time,
             k=k,
@@ -271,7 +302,7 @@ class StepControl:
             batch_size=len(requests),
             num_running=num_running,
             num_waiting=num_waiting,
-            num_arrived=self._num_arrived,
+            num_arrived=plan.num_arrived,
             decode_tokens=decode_tokens,
             spec_tokens=spec_tokens,
             prefill_tokens=prefill_tokens,
@@ -282,9 +313,8 @@ class StepControl:
             finished=tuple(finished),
             wall_time=wall_time,
             cpu_time=cpu_time,
+            in_flight=self.num_steps - plan.step - 1,
         )
-        self.num_steps += 1
-        self._num_arrived = 0
         self.last_record = record
         if self.controller is not None:
             self.features.update(record)

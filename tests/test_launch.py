@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 from prometheus_client import REGISTRY
 
-from agents.paths import PROJECT_ROOT, SHIPPED_POLICY
+from agents.paths import SHIPPED_POLICY
 from agents.records import RequestStep, StepRecord
+from agents.registry import parse_controller
 from envs.ledger import SLO
 from serving.config import default_profile_path
 from serving.controller_settings import (
@@ -18,8 +17,15 @@ from serving.controller_settings import (
     DEFAULT_TTFT_SLO_S,
     ControllerSettings,
 )
-from serving.launch import SCHEDULER_CLS, SERVED_NAME, parse_args
+from serving.launch import SERVED_NAME, parse_args
 from serving.metrics import ControllerMetrics
+from serving.scheduler_choice import (
+    ASYNC_SCHEDULER,
+    SYNC_SCHEDULER,
+    async_methods,
+    choose_scheduler,
+    platform_schedules_async,
+)
 from serving.scheduler_hook import check_sync_scheduling
 from tests.factories import decode_step
 
@@ -31,7 +37,7 @@ def settings_of(args) -> ControllerSettings:
 def test_no_arguments_serve_the_small_pair_with_the_shipped_policy_on_loopback():
     args = parse_args([])
     assert args.host == "127.0.0.1"
-    assert args.scheduler_cls == SCHEDULER_CLS and args.async_scheduling is False
+    assert args.scheduler_cls == SYNC_SCHEDULER and args.async_scheduling is False
     assert args.served_model_name == [SERVED_NAME]
     assert args.speculative_config["method"] == "ngram"
     assert settings_of(args).controller == f"guarded:{SHIPPED_POLICY}"
@@ -68,7 +74,10 @@ def test_user_additional_config_is_kept():
         (["--policy", "a", "--controller", "goodput"], "not allowed with argument"),
         (["--scheduler-cls", "vllm.v1.core.sched.scheduler.Scheduler"], "must subclass"),
         (["--scheduler-cls", "no_such_module.Cls"], "cannot import it"),
-        (["--async-scheduling"], "synchronous scheduler only"),
+        (
+            ["--scheduler-cls", ASYNC_SCHEDULER],
+            "the engine schedules synchronously here (vLLM's platform here, the CPU",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_problem(argv, message, capsys):
@@ -78,14 +87,96 @@ def test_bad_arguments_exit_2_naming_the_problem(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_async_scheduling_is_refused_before_any_engine_starts():
-    done = subprocess.run(
-        [sys.executable, "-m", "serving.launch", "--async-scheduling"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert "synchronous scheduler only" in done.stderr
-    assert "EngineCore" not in done.stderr + done.stdout
+DRAFT_MODEL = (
+    '{"method": "draft_model", "model": "checkpoints/lm/draft", "num_speculative_tokens": 4}'
+)
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4}
+
+
+def test_this_cpu_machine_serves_with_the_synchronous_hook_even_when_asked_for_async():
+    assert platform_schedules_async() is False
+    for argv in ([], ["--async-scheduling"], ["--speculative-config", DRAFT_MODEL]):
+        args = parse_args(argv)
+        assert (args.scheduler_cls, args.async_scheduling) == (SYNC_SCHEDULER, False)
+
+
+DRAFT_MODEL = (
+    '{"method": "draft_model", "model": "checkpoints/lm/draft", "num_speculative_tokens": 4}'
+)
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4}
+
+
+def _choose(platform_async, requested=None, speculative=NGRAM, controller="goodput"):
+    return choose_scheduler(
+        platform_async=platform_async,
+        requested=requested,
+        speculative=speculative,
+        controller=parse_controller(controller, 4),
+        methods=async_methods(),
+    )
+
+
+@pytest.mark.parametrize("requested", [None, True, False])
+@pytest.mark.parametrize("method", ["ngram", "draft_model", "eagle3", "ngram_gpu", None])
+def test_a_platform_that_schedules_synchronously_always_gets_the_synchronous_hook(
+    requested, method
+):
+    speculative = {"method": method, "num_speculative_tokens": 4} if method else None
+    choice = _choose(False, requested, speculative)
+    assert (choice.async_scheduling, choice.scheduler_cls) == (False, SYNC_SCHEDULER)
+
+
+@pytest.mark.parametrize(
+    ("speculative", "async_expected"),
+    [
+        ({"method": "draft_model", "num_speculative_tokens": 4}, True),
+        ({"method": "eagle3", "num_speculative_tokens": 4}, True),
+        ({"method": "deepseek_mtp", "num_speculative_tokens": 1}, True),
+        ({"method": "ngram_gpu", "num_speculative_tokens": 4}, True),
+        (None, True),  # no speculation: vLLM schedules asynchronously, the hook is idle
+        (NGRAM, False),  # vLLM's CPU-side ngram proposer runs synchronously
+        ({"method": "suffix", "num_speculative_tokens": 4}, False),
+        ({"method": "eagle", "disable_padded_drafter_batch": True}, False),
+    ],
+)
+def test_a_gpu_platform_gets_the_async_hook_where_vllm_schedules_asynchronously(
+    speculative, async_expected
+):
+    choice = _choose(True, None, speculative)
+    assert choice.async_scheduling is async_expected
+    assert choice.scheduler_cls == (ASYNC_SCHEDULER if async_expected else SYNC_SCHEDULER)
+    assert "vLLM" in choice.reason
+
+
+def test_the_choice_follows_the_users_flag_and_says_why():
+    draft = {"method": "draft_model", "num_speculative_tokens": 4}
+    on = _choose(True, True, draft)
+    assert on.async_scheduling and on.describe() == (
+        "speculation control: the async scheduling hook AsyncServingScheduler "
+        "(--async-scheduling, draft_model speculation)"
+    )
+    off = _choose(True, False, draft)
+    assert not off.async_scheduling and off.reason == "--no-async-scheduling"
+    cpu = _choose(False, True, draft)
+    assert cpu.describe() == (
+        "speculation control: the synchronous scheduling hook ServingScheduler (vLLM's "
+        "platform here, the CPU, always schedules synchronously; --async-scheduling has no "
+        "effect on it)"
+    )
+
+
+def test_only_what_cannot_run_asynchronously_is_refused_naming_it():
+    with pytest.raises(ValueError, match="--async-scheduling: vLLM schedules ngram speculation"):
+        _choose(True, True, NGRAM)
+    draft = {"method": "draft_model", "num_speculative_tokens": 4}
+    with pytest.raises(ValueError, match="controller 'oracle' looks at each request's draft"):
+        _choose(True, True, draft, controller="oracle")
+    # Not asked for async scheduling, the oracle gets the synchronous hook.
+    by_default = _choose(True, None, draft, controller="oracle")
+    assert not by_default.async_scheduling and "oracle reads the drafts" in by_default.reason
+    for controller in ("static:2", "goodput", "goodput-per-request", "streak-per-request",
+                       "vllm-schedule", "guarded:some/dir", "nospec"):  # fmt: skip
+        assert _choose(True, True, draft, controller=controller).async_scheduling
 
 
 def test_the_hook_refuses_an_async_scheduler_config():

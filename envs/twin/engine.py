@@ -264,13 +264,13 @@ class TwinEngine:
         control = self.control
         started_at = self.clock()
         running = scheduler.running
-        ks = control.begin(
+        plan = control.begin(
             started_at,
             [(r.request_id, r.spec) for r in running],
             self._draft_views,
             self._prefill_waiting,
         )
-        for request, k in zip(running, ks, strict=True):
+        for request, k in zip(running, plan.ks, strict=True):
             if request.spec > k:
                 request.spec = k
 
@@ -332,6 +332,7 @@ class TwinEngine:
 
         waiting = scheduler.waiting
         return control.record(
+            plan,
             outcomes,
             started_at=started_at,
             step_time=step_time,
