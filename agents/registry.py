@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.adaptive import AdaptiveVerification, ConfidenceGoodput
 from agents.batch_schedule import BatchScheduleController, default_table
 from agents.controller import Controller
 from agents.cost import Profile
@@ -20,6 +21,10 @@ from agents.streak import StreakController
 NAMES_HELP = (
     "nospec, static:K (K = 0..k_max), vllm-schedule, goodput, goodput-per-request, "
     "streak-per-request (each request's k from its own last verification), "
+    "adaptive-verification (confidence-ranked draft slots, the budget of best tokens per "
+    "second: vLLM's on the step contract), slo-verification (the same, per second of "
+    "requests within TPOT), goodput-confidence (goodput's k, each request's from its "
+    "drafts' confidence), "
     "ppo:PATH (an exported policy), guarded:PATH (the policy with the goodput fallback), "
     "oracle, oracle-per-request (hindsight references, model time only)"
 )
@@ -31,6 +36,9 @@ _PLAIN_NAMES = (
     "goodput",
     "goodput-per-request",
     "streak-per-request",
+    "adaptive-verification",
+    "slo-verification",
+    "goodput-confidence",
     "oracle",
     "oracle-per-request",
 )
@@ -45,8 +53,9 @@ class ControllerSpec:
     name: str
     """The name as given, e.g. "static:2"."""
     kind: str
-    """nospec, static, vllm-schedule, goodput, goodput-per-request, streak-per-request, ppo,
-    guarded, oracle or oracle-per-request."""
+    """nospec, static, vllm-schedule, goodput, goodput-per-request, streak-per-request,
+    adaptive-verification, slo-verification, goodput-confidence, ppo, guarded, oracle or
+    oracle-per-request."""
     k: int = 0
     """The k of a static controller."""
     path: str = ""
@@ -164,6 +173,13 @@ def build_controller(spec: ControllerSpec, context: ControllerContext) -> Contro
             per_request=spec.kind == "oracle-per-request",
             max_num_batched_tokens=context.max_num_batched_tokens,
         )
+    if spec.kind in ("adaptive-verification", "slo-verification"):
+        slo = (context.ttft_slo_s, context.tpot_slo_s) if spec.kind == "slo-verification" else None
+        return AdaptiveVerification(
+            profile.cost, context.k_max, context.max_num_batched_tokens, slo=slo
+        )
+    if spec.kind == "goodput-confidence":
+        return ConfidenceGoodput(profile.cost, context.k_max, context.max_num_seqs)
     if spec.kind == "vllm-schedule":
         table = default_table(profile.cost, context.k_max, context.max_num_seqs, context.acceptance)
         return BatchScheduleController(table, context.k_max, context.max_num_seqs)

@@ -43,10 +43,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
+import numpy as np
 from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 
+from agents.confidence import shipped_calibrator
+from agents.confidence.ngram import slot_features as ngram_slot_features
 from agents.controller import Controller
 from agents.cost import CostModel
 from agents.features import FeatureBuilder
@@ -96,6 +99,16 @@ class SpecControlHook:
         """The clock that stamps each step's start (a replay sets a virtual one)."""
         self.control = StepControl(self.k_max)
         """The decisions, cuts, pricing and records (`serving.step_control`)."""
+        speculative = self.vllm_config.speculative_config
+        self.method: str | None = speculative.method if speculative is not None else None
+        """The speculation method (ngram, draft_model, ...), None without speculation."""
+        self._lookup = (
+            (speculative.prompt_lookup_min, speculative.prompt_lookup_max)
+            if self.method == "ngram"
+            else None
+        )
+        if self.k_max > 0 and self.method is not None:
+            self.control.use_calibrator(shipped_calibrator(self.method, self.k_max))
         self._names: dict[str, str] = {}
         self._in_flight: deque[_Step] = deque()
         # Set by schedule(), taken by _update_after_schedule() in the same call.
@@ -323,17 +336,29 @@ class SpecControlHook:
         )
 
     def _draft_views(self) -> list[DraftView]:
-        """Every running request past its prompt, with the drafts it holds."""
+        """Every running request past its prompt, with the drafts it holds and their slot
+        features (ngram: from its token ids, `agents.confidence.ngram`)."""
         return [
             DraftView(
                 self._names.get(r.request_id, r.request_id),
                 r.num_output_tokens,
                 r.num_computed_tokens,
                 tuple(r.spec_token_ids),
+                self._slot_features(r),
             )
             for r in self.running
             if r.num_computed_tokens >= r.num_prompt_tokens
         ]
+
+    def _slot_features(self, request: Request) -> np.ndarray | None:
+        if self._lookup is None or not request.spec_token_ids:
+            return None
+        return ngram_slot_features(
+            np.asarray(request.all_token_ids, dtype=np.int32),
+            np.asarray(request.spec_token_ids, dtype=np.int32),
+            *self._lookup,
+            self.k_max,
+        )
 
     def _forget(self, rid: str) -> None:
         self.control.forget(self._names.pop(rid, rid))

@@ -34,8 +34,11 @@ one place a new signal of every request's step is added: a field of `Outcome`, c
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
+
+from agents.confidence.calibrator import Calibrator
 from agents.controller import Controller, Decision, DraftAware, check_k
 from agents.cost import CostModel, StepLoad
 from agents.features import FeatureBuilder
@@ -85,6 +88,9 @@ class Plan(NamedTuple):
     """Drafts each running request held before the cut."""
     num_arrived: int
     """Requests added to the engine since the step before began."""
+    scored: Mapping[str, tuple[Any, tuple[float, ...]]] = {}
+    """Per request the calibrator scored before the step: its slot features and the
+    confidence of each draft it held (empty where nothing was scored)."""
 
 
 class Outcome(NamedTuple):
@@ -132,6 +138,11 @@ class StepControl:
         self._next: Decision | None = None
         self._num_arrived = 0
         self._first_token_at: dict[str, float] = {}
+        self.calibrator: Calibrator | None = None
+        """Scores each held draft before a step (`agents.confidence`), refined online from
+        verification outcomes; None: drafts carry no confidence."""
+        self._initial_calibrator: Calibrator | None = None
+        self._scored: dict[str, tuple[Any, tuple[float, ...]]] = {}
 
     # --- what drives it ----------------------------------------------------------------------
 
@@ -152,6 +163,11 @@ class StepControl:
         }
         self._next = Decision(check_k(k, self.k_max), overrides)
 
+    def use_calibrator(self, calibrator: Calibrator | None) -> None:
+        """Score drafts with `calibrator` from now on; every reset starts again from it."""
+        self._initial_calibrator = calibrator
+        self.calibrator = calibrator.copy() if calibrator is not None else None
+
     def arrived(self) -> None:
         """Count a request added to the engine (a step's `num_arrived`)."""
         self._num_arrived += 1
@@ -162,10 +178,12 @@ class StepControl:
         self._overrides.pop(request_id, None)
 
     def reset_controller(self) -> None:
-        """Reset the attached controller and its feature builder, if any."""
+        """Reset the attached controller and its feature builder, if any, and the calibrator
+        to what it was given (so that every replay starts from the same confidences)."""
         if self.controller is not None:
             self.features.reset()
             self.controller.reset()
+        self.use_calibrator(self._initial_calibrator)
 
     def copy(self) -> StepControl:
         """A copy of the k state and bookkeeping, with no controller or listeners (a fork)."""
@@ -174,6 +192,8 @@ class StepControl:
         twin.num_steps = self.num_steps
         twin._k, twin._overrides = self._k, dict(self._overrides)
         twin._first_token_at = dict(self._first_token_at)
+        twin._initial_calibrator = self._initial_calibrator
+        twin.calibrator = self.calibrator.copy() if self.calibrator is not None else None
         return twin
 
     # --- one step ------------------------------------------------------------------------------
@@ -199,7 +219,17 @@ class StepControl:
             request_k[rid] = rk = overrides.get(rid, k)
             offered[rid] = held
             ks.append(rk)
-        plan = Plan(self.num_steps, k, overrides, tuple(ks), request_k, offered, self._num_arrived)
+        plan = Plan(
+            self.num_steps,
+            k,
+            overrides,
+            tuple(ks),
+            request_k,
+            offered,
+            self._num_arrived,
+            self._scored,
+        )
+        self._scored = {}
         self.num_steps += 1
         self._num_arrived = 0
         return plan
@@ -254,6 +284,7 @@ class StepControl:
         are told of it."""
         finished_at = started_at + step_time
         k, overrides, request_k, offered = plan.k, plan.overrides, plan.request_k, plan.offered
+        scored, calibrator = plan.scored, self.calibrator
         first_token = self._first_token_at
         requests: list[RequestStep] = []
         finished: list[FinishedRequest] = []
@@ -266,6 +297,9 @@ class StepControl:
             if o.generated and rid not in first_token:
                 first_token[rid] = finished_at
             first_token_at = first_token.get(rid)
+            slots, confidence = scored.get(rid, (None, ()))
+            if o.drafted and calibrator is not None and slots is not None:
+                calibrator.observe(slots, o.drafted, o.accepted)
             requests.append(
                 RequestStep(
                     request_id=rid,
@@ -279,6 +313,7 @@ class StepControl:
                     context=o.context,
                     proposed=offered.get(rid, 0),
                     hits=o.hits,
+                    confidence=confidence,
                 )
             )
             if o.finished:
@@ -337,8 +372,26 @@ class StepControl:
         controller = self.controller
         if controller is not None:
             if self._sees_drafts:
-                controller.see_drafts(views(), prefill_waiting())
+                controller.see_drafts(self._score(views()), prefill_waiting())
             decision = controller.decide(self.features.build(now))
             check_k(decision.k, self.k_max, f"k from controller {controller.name}")
             return decision
         return Decision(self._k, self._overrides)
+
+    def _score(self, views: Sequence[DraftView]) -> Sequence[DraftView]:
+        """The views with each held draft's confidence, by the calibrator, in one batch;
+        what was scored is kept for the step's record (and the online refinement)."""
+        calibrator = self.calibrator
+        if calibrator is None:
+            return views
+        index = [i for i, v in enumerate(views) if v.drafts and v.features is not None]
+        if not index:
+            return views
+        probabilities = calibrator.probabilities(np.stack([views[i].features for i in index]))
+        scored = list(views)
+        for i, row in zip(index, probabilities.tolist(), strict=True):
+            view = views[i]
+            confidence = tuple(row[: len(view.drafts)])
+            scored[i] = view._replace(confidence=confidence)
+            self._scored[view.request_id] = (view.features, confidence)
+        return scored

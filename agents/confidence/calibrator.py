@@ -23,7 +23,6 @@ slots past that were never tested. Everything is deterministic, so replays repea
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +82,10 @@ class Calibrator:
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """P(slot accepted | slots before accepted) for features x of shape (..., k_max, F)."""
         return _sigmoid(x @ self.weights + self.intercepts)
+
+    def slot_probabilities(self, x: np.ndarray, slot: np.ndarray) -> np.ndarray:
+        """The same for single slots: features x (N, F) at draft positions `slot` (N,)."""
+        return _sigmoid(x @ self.weights + self.intercepts[slot])
 
     def survival(self, x: np.ndarray) -> np.ndarray:
         """P(the slot and every slot before it accepted), shape (..., k_max)."""
@@ -219,9 +222,3 @@ def expected_accepted(survival: np.ndarray) -> np.ndarray:
     its first k survival probabilities, shape (..., k_max + 1)."""
     zeros = np.zeros((*survival.shape[:-1], 1))
     return np.concatenate([zeros, np.cumsum(survival, axis=-1)], axis=-1)
-
-
-def logit(p: float) -> float:
-    """log(p / (1 - p)), clipped so that certainty stays finite."""
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1.0 - p))

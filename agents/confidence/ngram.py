@@ -26,7 +26,7 @@ from numba import njit
 MATCH_CAP = 64
 """Matches are measured up to this length."""
 FEATURES = ("log_match", "log_occurrences", "agree")
-"""The columns of `slot_features`, per draft slot."""
+"""The columns of `slot_features`, per draft slot (`agents.confidence.SLOT_FEATURES`)."""
 
 
 @njit(cache=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from agents.confidence import shipped_calibrator
 from agents.controller import Controller
 from agents.cost import CostModel
 from agents.features import FeatureBuilder
@@ -70,6 +71,8 @@ class TwinEngine:
         self.control = StepControl(config.k_max)
         """The decisions, cuts, pricing and records (`serving.step_control`)."""
         self.control.cost_model = cost_model
+        if config.k_max:
+            self.control.use_calibrator(shipped_calibrator(config.method, config.k_max))
         self.outputs: dict[str, list[int]] = {}
         """Generated token ids of every finished request, by request id."""
         self._scheduler = TwinScheduler(limits)
@@ -182,8 +185,10 @@ class TwinEngine:
                     f"or another prompt seed's"
                 )
             proposed, hits, tokens = row.proposed, row.hits, row.tokens
+            features = row.features if row.features.shape[2] else None
         else:
             proposed = hits = tokens = []
+            features = None
         request = TwinRequest(
             request_id,
             self.clock() if arrival_time is None else arrival_time,
@@ -192,6 +197,7 @@ class TwinEngine:
             proposed,
             hits,
             tokens,
+            features,
         )
         self._requests[request_id] = request
         self._scheduler.add(request)
@@ -366,5 +372,6 @@ class TwinEngine:
             if held:
                 hit = min(r.hits[p], held)
                 drafts = tuple(r.tokens[p : p + hit]) + (NO_MATCH,) * (held - hit)
-            views.append(DraftView(r.request_id, p, r.computed, drafts))
+            features = r.features[p] if held and r.features is not None else None
+            views.append(DraftView(r.request_id, p, r.computed, drafts, features))
         return views

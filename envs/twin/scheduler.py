@@ -58,6 +58,7 @@ class TwinRequest:
         "arrival_time",
         "blocks",
         "computed",
+        "features",
         "hits",
         "max_tokens",
         "num_outputs",
@@ -78,6 +79,7 @@ class TwinRequest:
         proposed: list[int],
         hits: list[int],
         tokens: list[int],
+        features=None,
     ) -> None:
         self.request_id = request_id
         self.arrival_time = arrival_time
@@ -95,6 +97,8 @@ class TwinRequest:
         self.proposed = proposed
         self.hits = hits
         self.tokens = tokens
+        self.features = features
+        """Its proposals' slot features by position (the table's), or None."""
 
     @property
     def num_tokens(self) -> int:

@@ -1,0 +1,215 @@
+"""Verify what is worth verifying: draft slots ranked by confidence, admitted up to a budget.
+
+vLLM ships this on GPU as "adaptive verification" (`vllm/v1/worker/gpu/spec_decode/
+adaptive_verification.py`, model runner V2, 0.32): every (request, position) draft slot is
+scored by its survival probability, the running product of the per-position confidences, and
+the budget B admitting the best B slots is the one maximising expected tokens per second of
+profiled step time,
+
+    (decoding requests + sum of the best B survival probabilities) / T(B).
+
+Survival only falls along a request's proposal, so the best B slots are a prefix of each
+request's drafts: each request's k is how many of its slots were admitted. Here the same
+algorithm runs on the step contract, on any platform, with three differences from vLLM's:
+
+- fresh confidences: the engine scores the drafts each request holds now (vLLM sizes its
+  budget from the previous step's, copied back from the GPU a step late);
+- T(B) is the project's cost model priced on the step as it would run (each request's
+  admitted drafts against its own context, the draft model's passes, and the prompt chunks
+  the token budget leaves for the waiting requests), at a few budgets and interpolated
+  between them, where vLLM interpolates profiled curves over the total token count;
+- no CUDA-graph padding: the cost models have none.
+
+`AdaptiveVerification(slo=...)` is the SLO-aware variant (`slo-verification`): the same
+ranking, but the budget maximises the tokens per second of the requests still within their
+TPOT objective after the step (a request's TPOT so far, with this step's time and its
+expected tokens), so a step that would push requests past their objective pays for them;
+that is what goodput under SLO counts, where the throughput budget counts every token.
+
+`ConfidenceGoodput` (`goodput-confidence`) is the goodput controller's per-request rule on
+confidence instead of history: each request grows its draft while the next slot's survival
+is worth its verification time at the step's predicted rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from agents.controller import Decision
+from agents.cost import CostModel, StepLoad
+from agents.features import Observation
+from agents.goodput import GoodputController, best_k
+from agents.records import DraftView, StepRecord
+
+GRID = 9
+"""Budgets at which a step's time is priced exactly; between them it is interpolated."""
+PRIOR = 0.6
+"""Per-slot acceptance assumed for drafts without a confidence (no calibrator)."""
+
+
+def survival_matrix(views: Sequence[DraftView], k_max: int) -> np.ndarray:
+    """(requests, k_max) survival probabilities of the held drafts; 0 past each request's."""
+    survival = np.zeros((len(views), k_max))
+    for i, view in enumerate(views):
+        held = min(len(view.drafts), k_max)
+        if not held:
+            continue
+        confidence = view.confidence[:held] if view.confidence else (PRIOR,) * held
+        survival[i, :held] = np.cumprod(confidence)
+    return survival
+
+
+def admitted(survival: np.ndarray, budget: int) -> np.ndarray:
+    """Each request's admitted drafts when the best `budget` slots are admitted (ties by
+    request order, then position)."""
+    if budget <= 0:
+        return np.zeros(len(survival), dtype=np.int64)
+    flat = survival.ravel()
+    order = np.argsort(-flat, kind="stable")[:budget]
+    counts = np.zeros(len(survival), dtype=np.int64)
+    np.add.at(counts, order // survival.shape[1], 1)
+    return counts
+
+
+class AdaptiveVerification:
+    """Confidence-ranked draft slots admitted up to the budget of best predicted tokens per
+    second (see the module); with `slo`, per second of requests within their TPOT."""
+
+    def __init__(
+        self,
+        cost: CostModel,
+        k_max: int,
+        max_num_batched_tokens: int,
+        *,
+        slo: tuple[float, float] | None = None,
+    ) -> None:
+        """`slo`: (TTFT, TPOT) objectives in seconds for the SLO-aware budget, else None."""
+        self.cost = cost
+        self.k_max = k_max
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.slo = slo
+        self.name = "slo-verification" if slo is not None else "adaptive-verification"
+        self.last_budget = 0
+        """The budget of the last decision (slots admitted), for the metrics."""
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the drafts seen and the requests' first-token times."""
+        self._views: list[DraftView] = []
+        self._prefill_waiting = 0
+        self._first_token_at: dict[str, float] = {}
+
+    def see_drafts(self, views: Sequence[DraftView], prefill_waiting: int) -> None:
+        """Take the decoding requests' drafts with their confidences, before the step."""
+        self._views = [v for v in views if v.drafts]
+        self._prefill_waiting = prefill_waiting
+
+    def decide(self, obs: Observation) -> Decision:
+        """The best budget's per-request k (the largest as the global k)."""
+        views = self._views
+        if not views:
+            self.last_budget = 0
+            return Decision(0)
+        survival = survival_matrix(views, self.k_max)
+        ranked = np.sort(survival.ravel())[::-1]
+        total = int(np.count_nonzero(ranked))
+        budgets = np.unique(np.linspace(0, total, min(GRID, total + 1)).round().astype(int))
+        seconds = np.array([self._seconds(survival, b, len(views)) for b in budgets])
+        everything = np.arange(total + 1)
+        step_s = np.interp(everything, budgets, seconds)
+        if self.slo is None:
+            gained = len(views) + np.concatenate(([0.0], np.cumsum(ranked[:total])))
+            rate = gained / step_s
+        else:
+            rate = self._rate_within_slo(survival, step_s, obs.now, budgets)
+        budget = int(np.argmax(rate))
+        self.last_budget = budget
+        counts = admitted(survival, budget)
+        per_request = {v.request_id: int(c) for v, c in zip(views, counts, strict=True)}
+        return Decision(int(counts.max()), per_request)
+
+    def observe(self, record: StepRecord) -> None:
+        """Keep each running request's first-token time (the SLO-aware budget needs it)."""
+        known = self._first_token_at
+        for r in record.requests:
+            if r.first_token_at is not None and r.request_id not in known:
+                known[r.request_id] = r.first_token_at
+        for f in record.finished:
+            known.pop(f.request_id, None)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _seconds(self, survival: np.ndarray, budget: int, decoding: int) -> float:
+        """The step's predicted seconds with the best `budget` slots admitted: each request
+        verifying its admitted drafts, prompt chunks filling what the decodes leave."""
+        verified = admitted(survival, budget)
+        tokens = decoding + budget
+        prefill = min(self._prefill_waiting, max(self.max_num_batched_tokens - tokens, 0))
+        load = StepLoad(
+            decode_context=tuple(v.context for v in self._views),
+            verified=tuple(int(x) for x in verified),
+            prefill=((prefill, 0),) if prefill else (),
+            draft_len=int(verified.max(initial=0)),
+        )
+        return self.cost.seconds(load)
+
+    def _rate_within_slo(
+        self, survival: np.ndarray, step_s: np.ndarray, now: float, budgets: np.ndarray
+    ) -> np.ndarray:
+        """Per budget: expected tokens per second of the requests within their TPOT
+        objective after the step. A request's expected tokens at a budget are 1 plus the
+        survival of its admitted slots; computed exactly at the priced budgets and
+        interpolated between them, as the step's time is."""
+        _, tpot = self.slo
+        views = self._views
+        first = np.array([self._first_token_at.get(v.request_id, np.nan) for v in views])
+        outputs = np.array([v.position for v in views], dtype=np.float64)
+        values = []
+        for b in budgets:
+            counts = admitted(survival, int(b))
+            steps = np.arange(self.k_max)[None, :] < counts[:, None]
+            gained = 1.0 + (survival * steps).sum(axis=1)
+            seconds = float(step_s[b])
+            elapsed = now + seconds - first
+            # Without a first token yet, its TPOT has not started: it counts as within.
+            so_far = np.where(np.isnan(first), 0.0, elapsed / np.maximum(outputs - 1 + gained, 1))
+            within = so_far <= tpot
+            values.append(float(gained[within].sum()) / seconds)
+        return np.interp(np.arange(len(step_s)), budgets, values)
+
+
+class ConfidenceGoodput(GoodputController):
+    """The goodput controller's k, with each request's own k from its drafts' confidence:
+    it verifies its j-th draft while that slot's survival is worth the seconds verifying one
+    token costs, at the tokens per request-second the step is predicted to give."""
+
+    def __init__(self, cost: CostModel, k_max: int, max_num_seqs: int, **kwargs) -> None:
+        super().__init__(cost, k_max, max_num_seqs, **kwargs)
+        self.name = "goodput-confidence"
+        self._views: list[DraftView] = []
+
+    def reset(self) -> None:
+        """Return alpha to the prior and forget the drafts seen."""
+        super().reset()
+        self._views = []
+
+    def see_drafts(self, views: Sequence[DraftView], prefill_waiting: int) -> None:
+        """Take the decoding requests' drafts with their confidences, before the step."""
+        self._views = [v for v in views if v.drafts]
+
+    def decide(self, obs: Observation) -> Decision:
+        """The global k of the goodput controller, and each request's k by its survival."""
+        free = self.max_num_seqs - obs.num_running
+        batch = obs.num_running + (obs.num_waiting if obs.num_waiting < free else free)
+        batch = min(max(batch, 1), self.max_num_seqs)
+        times = self._times[batch]
+        k, rate = best_k(times, self.alpha, self.k0_bias)
+        threshold = rate * self._verify_s[batch]  # tokens one verified token's time is worth
+        survival = survival_matrix(self._views, self.k_max)
+        per_request: Mapping[str, int] = {
+            v.request_id: int(np.count_nonzero(row > threshold))
+            for v, row in zip(self._views, survival, strict=True)
+        }
+        return Decision(max(per_request.values(), default=k), dict(per_request) or None)
