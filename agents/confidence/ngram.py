@@ -20,8 +20,9 @@ tokens cost well under a millisecond (`python -m benchmarks.confidence --cost`).
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
-from numba import njit
 
 MATCH_CAP = 64
 """Matches are measured up to this length."""
@@ -29,7 +30,15 @@ FEATURES = ("log_match", "log_occurrences", "agree")
 """The columns of `slot_features`, per draft slot (`agents.confidence.SLOT_FEATURES`)."""
 
 
-@njit(cache=True)
+@cache
+def _compiled():
+    # numba is imported at the first use, not with this module: it fixes its thread count
+    # when imported, and the engines set it (serving.threads) before they start.
+    from numba import njit
+
+    return njit(cache=True)(_scan)
+
+
 def _scan(tokens, n_tokens, drafts, n_drafts, min_n, max_n, cap, agree):
     """(match, occurrences) of the suffix of tokens[:n_tokens]; fills agree[:n_drafts]."""
     last = n_tokens - 1
@@ -80,7 +89,7 @@ def slot_features(
     if n_drafts == 0 or len(tokens) < 2:
         return out
     agree = np.zeros(n_drafts, dtype=np.float64)
-    match, occurrences = _scan(
+    match, occurrences = _compiled()(
         np.ascontiguousarray(tokens, dtype=np.int32),
         len(tokens),
         np.ascontiguousarray(drafts[:n_drafts], dtype=np.int32),
