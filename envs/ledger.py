@@ -10,22 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.records import StepRecord
-
-
-@dataclass(frozen=True)
-class SLO:
-    """Latency targets a request must meet for its tokens to count as goodput under SLO."""
-
-    ttft_s: float = 1.0
-    """Time-to-first-token SLO: seconds from arrival to the first token."""
-    tpot_s: float = 0.05
-    """Time-per-output-token SLO: mean seconds per output token after the first."""
-
-    def __post_init__(self) -> None:
-        for name in ("ttft_s", "tpot_s"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"SLO {name}={value!r} must be a number > 0")
+from agents.slo import SLO
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,14 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from agents.slo import SLO
+
 CONFIG_KEY = "turbospec"
 
-# The SLOs the shipped policy was trained under (envs.ledger.SLO's defaults; a test keeps
-# them equal). The guard's SLO check and the features' slack terms are measured against them.
-DEFAULT_TTFT_SLO_S = 1.0
-DEFAULT_TPOT_SLO_S = 0.05
+# The SLOs the shipped policy was trained under: the guard's SLO check and the features'
+# slack terms are measured against them.
+DEFAULT_TTFT_SLO_S = SLO.ttft_s
+DEFAULT_TPOT_SLO_S = SLO.tpot_s
 
 
 @dataclass(frozen=True)

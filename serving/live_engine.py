@@ -12,6 +12,7 @@ from agents.cost import CostModel
 from agents.features import FeatureBuilder
 from agents.records import StepRecord
 from serving.config import EngineConfig
+from serving.draft_confidence import DraftConfidence
 from serving.scheduler_hook import SpecControlScheduler
 from serving.threads import limit_threads
 from serving.vllm_compat import allow_several_engines_per_process
@@ -80,6 +81,8 @@ class LiveEngine:
         if not plain:
             assert isinstance(scheduler, SpecControlScheduler)
             self.scheduler = scheduler
+            if self.config.method == "draft_model":
+                scheduler.draft_confidence = DraftConfidence.install(self)
         self.clock = clock
         self.outputs: dict[str, list[int]] = {}
         """Generated token ids of every finished request, by request id."""

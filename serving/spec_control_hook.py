@@ -109,6 +109,9 @@ class SpecControlHook:
         )
         if self.k_max > 0 and self.method is not None:
             self.control.use_calibrator(shipped_calibrator(self.method, self.k_max))
+        self.draft_confidence = None
+        """Where a draft model's slot features come from (`serving.draft_confidence`, set by
+        the in-process `LiveEngine`); None: drafts of a draft model carry no features."""
         self._names: dict[str, str] = {}
         self._in_flight: deque[_Step] = deque()
         # Set by schedule(), taken by _update_after_schedule() in the same call.
@@ -337,7 +340,8 @@ class SpecControlHook:
 
     def _draft_views(self) -> list[DraftView]:
         """Every running request past its prompt, with the drafts it holds and their slot
-        features (ngram: from its token ids, `agents.confidence.ngram`)."""
+        features (ngram: from its token ids, `agents.confidence.ngram`; a draft model: as its
+        proposer computed them, `serving.draft_confidence`)."""
         return [
             DraftView(
                 self._names.get(r.request_id, r.request_id),
@@ -351,7 +355,11 @@ class SpecControlHook:
         ]
 
     def _slot_features(self, request: Request) -> np.ndarray | None:
-        if self._lookup is None or not request.spec_token_ids:
+        if not request.spec_token_ids:
+            return None
+        if self.draft_confidence is not None:
+            return self.draft_confidence.features(request.request_id)
+        if self._lookup is None:
             return None
         return ngram_slot_features(
             np.asarray(request.all_token_ids, dtype=np.int32),

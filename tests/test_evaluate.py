@@ -67,7 +67,6 @@ def test_windows_side_by_side_in_model_time_and_the_tables_repeat(tmp_path):
         per_sample["goodput"], [per_sample["static:0"], per_sample["static:3"]], geometric=True
     )
     assert found == pytest.approx(vars(expected))
-    assert result["comparisons"]["oracle"]["gap_closed"]["share"] in (1.0, None)
     assert (tmp_path / "plot.png").stat().st_size > 10_000
 
     # Model time: the same command prints the same tables.

@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from agents.controller import Controller
 from agents.cost import LinearCost
 from agents.goodput import ALPHA_MAX, GoodputController, best_k, expected_tokens
 from agents.records import FinishedRequest, RequestStep, StepRecord
@@ -67,10 +66,6 @@ def test_best_k_ties_go_to_smaller_k():
     # Exact in binary: k=0 gives 1 / 0.5 = 2 tokens/s, k=1 gives 1.5 / 0.75 = 2.
     assert best_k([0.5, 0.75], 0.5) == (0, 2.0)
     assert best_k([0.5, 0.7], 0.5)[0] == 1
-
-
-def test_is_a_controller():
-    assert isinstance(GoodputController(MODEL, K_MAX, MAX_SEQS), Controller)
 
 
 def test_speculates_fully_when_cheap_and_not_when_costly():

@@ -10,11 +10,8 @@ from prometheus_client import REGISTRY
 from agents.paths import SHIPPED_POLICY
 from agents.records import RequestStep, StepRecord
 from agents.registry import parse_controller
-from envs.ledger import SLO
 from serving.config import default_profile_path
 from serving.controller_settings import (
-    DEFAULT_TPOT_SLO_S,
-    DEFAULT_TTFT_SLO_S,
     ControllerSettings,
 )
 from serving.launch import SERVED_NAME, parse_args
@@ -200,10 +197,6 @@ def test_settings_round_trip_and_refuse_malformed_entries():
     ]:
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             ControllerSettings.from_additional_config({"turbospec": entry})
-
-
-def test_serving_slo_defaults_are_the_training_ones():
-    assert (SLO().ttft_s, SLO().tpot_s) == (DEFAULT_TTFT_SLO_S, DEFAULT_TPOT_SLO_S)
 
 
 def _sample(name: str, **labels: str) -> float:
