@@ -13,6 +13,7 @@ engine with speculation at k = 0 still pays for drafting), which is what `nospec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from agents.cost import Profile
@@ -23,7 +24,12 @@ from envs.traces import PromptFactory
 from envs.twin.engine import TwinEngine
 from envs.twin.record import TableSource
 from envs.twin.replayer import TwinReplayer
+from serving.config import EngineConfig
 from serving.engine import Engine
+
+EngineProvider = Callable[[EngineConfig], Engine]
+"""Live engines built elsewhere, by config (a test session's shared engines): the replays
+use them and leave them open."""
 
 
 def resolve(env: EnvConfig) -> tuple[EnvConfig, Profile]:
@@ -72,12 +78,15 @@ def build_replay(
     *,
     engine: Engine | None = None,
     source: TableSource | None = None,
+    engines: EngineProvider | None = None,
 ) -> ReplaySetup:
     """The engine and replayer for a resolved `env`.
 
     `engine`, if given, is used (and stays the caller's): a `TwinEngine` where `env.twin`,
     else a live one. A twin's tables and limits come from `source` (the caller's), else from
-    a source on the user's cache that records on a live engine built on a miss.
+    a source on the user's cache that records on a live engine built on a miss. `engines`,
+    if given, provides the live engine (or the twin's recording engine) instead of building
+    one.
     """
     if engine is not None and isinstance(engine, TwinEngine) != env.twin:
         raise ValueError(f"env.twin={env.twin} but the engine given is a {type(engine).__name__}")
@@ -85,16 +94,19 @@ def build_replay(
         raise ValueError("the table source is for another engine config than the replay's")
     owned: list = []
     if env.twin and source is None:
-        source = TableSource(env.engine)
+        source = TableSource(env.engine, engine=engines(env.engine) if engines else None)
         owned.append(source)
     if engine is None:
         if env.twin:
             engine = source.twin()
+            owned.append(engine)
+        elif engines is not None:
+            engine = engines(env.engine)
         else:
             from serving.live_engine import LiveEngine
 
             engine = LiveEngine(env.engine)
-        owned.append(engine)
+            owned.append(engine)
     prompts = PromptFactory(engine.config.model, weights=env.prompt_styles)
     cost = profile.cost if env.clock == "model" else None
     if env.twin:

@@ -51,6 +51,15 @@ class SpecStatsRecorder:
         return _Logger()
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Mark every test that uses the session's live engines `engine`, so `pytest -m "not
+    engine"` is the fast loop of the pure logic (tests that start engines in processes of
+    their own carry the marker themselves)."""
+    for item in items:
+        if "_engines" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.engine)
+
+
 @pytest.fixture(scope="session")
 def prompt_factory() -> PromptFactory:
     """Prompts of exact token length from the stdlib corpus the models were trained on."""
@@ -76,6 +85,37 @@ def _engines() -> Iterator[dict]:
     yield get
     for engine, _ in built.values():
         engine.close()
+
+
+@pytest.fixture
+def live_engines(_engines):
+    """The session's live engines by config, for commands run in-process (their `engines`
+    argument). A command that asks for an engine the session does not share fails, naming
+    it: its flags must give the session's limits (TEST_ENGINE)."""
+
+    handed: list = []
+
+    def provide(config: EngineConfig):
+        engine, _ = _engines(config.method)
+        if engine.config != config:
+            raise ValueError(f"the test session shares no engine built with {config}")
+        handed.append(engine)
+        return engine
+
+    yield provide
+    for engine in handed:  # as the next test expects the session's engines
+        engine.reset()
+        engine.clock = time.time
+        engine.cost_model = None
+
+
+TEST_FLAGS = (
+    "--k-max", str(TEST_ENGINE["k_max"]),
+    "--max-num-seqs", str(TEST_ENGINE["max_num_seqs"]),
+    "--max-num-batched-tokens", str(TEST_ENGINE["max_num_batched_tokens"]),
+    "--max-model-len", str(TEST_ENGINE["max_model_len"]),
+)  # fmt: skip
+"""The command-line flags of the session's engine limits."""
 
 
 @pytest.fixture(params=METHODS)

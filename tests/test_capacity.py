@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from tests.conftest import TEST_FLAGS
 from training.capacity import main
 from training.evaluation.capacity import ATTAINMENT, find_capacity
 
@@ -43,7 +44,7 @@ def test_nan_attainment_fails_and_a_bad_bracket_is_refused():
 
 
 @pytest.mark.engine
-def test_the_capacity_command_bisects_each_controller_on_the_twin(tmp_path, capsys):
+def test_the_capacity_command_bisects_each_controller_on_the_twin(tmp_path, capsys, live_engines):
     # A small CPU engine and a short dense window: the plain engine's capacity and the
     # goodput controller's, with every probe kept.
     out = tmp_path / "capacity.json"
@@ -52,7 +53,9 @@ def test_the_capacity_command_bisects_each_controller_on_the_twin(tmp_path, caps
             "--trace", "synthetic:poisson?rate=20&duration=40&input_mean=64&output_mean=48&seed=3",
             "--windows", "1", "--window-s", "30", "--max-output-tokens", "64",
             "--scales", "0.2,0.6", "--controllers", "nospec,goodput", "--json", str(out),
-        ]
+            *TEST_FLAGS,
+        ],
+        engines=live_engines,
     )  # fmt: skip
     assert status == 0
     printed = capsys.readouterr().out

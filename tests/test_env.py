@@ -161,6 +161,7 @@ print("closed environment checked")
 """
 
 
+@pytest.mark.engine
 def test_a_closed_environment_says_so():
     # An environment that built its own engine frees it on close; without the check, reset()
     # would fail deep inside vLLM. Closing an engine tears down vLLM's process-wide state, so

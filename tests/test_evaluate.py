@@ -14,6 +14,7 @@ import pytest
 
 import training.evaluate as evaluate_module
 from agents.registry import parse_controller
+from tests.conftest import TEST_FLAGS
 from training.bootstrap import ratio_interval
 from training.evaluate import main
 from training.evaluation.compare import METRICS, comparisons, table
@@ -25,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_TRACE = "synthetic:poisson?rate=6&duration=12&input_mean=48&output_mean=24&seed=4"
 
 
-def evaluate(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
-    return subprocess.run(
-        [sys.executable, "-m", "training.evaluate", "--trace", TINY_TRACE, *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+def evaluate(capsys, engines, *args: str) -> str:
+    """What the command printed, run in-process on the session's engines (exit status 0)."""
+    status = main(["--trace", TINY_TRACE, *TEST_FLAGS, *args], engines=engines)
+    out = capsys.readouterr()
+    assert status == 0, out.err[-3000:]
+    return out.out
 
 
 def tables(stdout: str) -> str:
@@ -40,16 +41,16 @@ def tables(stdout: str) -> str:
     )
 
 
-def test_windows_side_by_side_in_model_time_and_the_tables_repeat(tmp_path):
+@pytest.mark.engine
+def test_windows_side_by_side_in_model_time_and_the_tables_repeat(tmp_path, capsys, live_engines):
     out = tmp_path / "table.json"
     args = [
-        "--windows", "0,4,8", "--window-s", "3", "--max-num-seqs", "8",
+        "--windows", "0,4,8", "--window-s", "3",
         "--controllers", "nospec,static:0,static:3,goodput,oracle",
         "--json", str(out), "--plot", str(tmp_path / "plot.png"),
     ]  # fmt: skip
-    done = evaluate(*args)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "model clock" in done.stdout and "gap closed" in done.stdout
+    done = evaluate(capsys, live_engines, *args)
+    assert "model clock" in done and "gap closed" in done and "regime (engine-time" in done
     record = json.loads(out.read_text())
     (label,) = record["traces"]
     result = record["traces"][label]
@@ -70,35 +71,46 @@ def test_windows_side_by_side_in_model_time_and_the_tables_repeat(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 10_000
 
     # Model time: the same command prints the same tables.
-    again = evaluate(*args[:-4])
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert tables(again.stdout).split("== ", 1)[1] == tables(done.stdout).split("== ", 1)[1]
+    again = evaluate(capsys, live_engines, *args[:-4])
+    assert tables(again).split("== ", 1)[1] == tables(done).split("== ", 1)[1]
 
     # On the twins (nospec's too): the same tables again.
-    twin = evaluate(*args[:-4], "--twin")
-    assert twin.returncode == 0, twin.stderr[-3000:]
-    assert "ngram (twin), model clock" in twin.stdout
-    assert tables(twin.stdout).split("== ", 1)[1] == tables(done.stdout).split("== ", 1)[1]
+    twin = evaluate(capsys, live_engines, *args[:-4], "--twin")
+    assert "ngram (twin), model clock" in twin
+    assert tables(twin).split("== ", 1)[1] == tables(done).split("== ", 1)[1]
 
 
-def test_draft_model_tables_repeat_in_model_time():
-    args = ["--method", "draft_model", "--window-s", "3", "--max-num-seqs", "8",
-            "--controllers", "static:1,goodput"]  # fmt: skip
-    first, second = evaluate(*args), evaluate(*args)
-    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:]
-    assert tables(first.stdout).split("== ", 1)[1] == tables(second.stdout).split("== ", 1)[1]
+@pytest.mark.engine
+def test_draft_model_tables_repeat_in_model_time(capsys, live_engines):
+    args = ["--method", "draft_model", "--window-s", "3", "--controllers", "static:1,goodput"]
+    first = evaluate(capsys, live_engines, *args)
+    second = evaluate(capsys, live_engines, *args)
+    assert tables(first).split("== ", 1)[1] == tables(second).split("== ", 1)[1]
 
 
-def test_wall_clock_repeats_with_paired_intervals(tmp_path):
+@pytest.mark.engine
+def test_wall_clock_repeats_with_paired_intervals(tmp_path, capsys, live_engines):
     out = tmp_path / "table.json"
-    args = ["--clock", "wall", "--window-s", "3", "--max-num-seqs", "8", "--repeats", "3",
+    args = ["--clock", "wall", "--window-s", "3", "--repeats", "3",
             "--controllers", "nospec,static:2,goodput", "--json", str(out)]  # fmt: skip
-    done = evaluate(*args)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = evaluate(capsys, live_engines, *args)
     result = next(iter(json.loads(out.read_text())["traces"].values()))
     assert [s["repeat"] for s in result["samples"]] == [1, 2, 3]
-    assert "paired bootstrap interval over 3 samples" in done.stdout
+    assert "paired bootstrap interval over 3 samples" in done
     assert result["comparisons"]["goodput"]["nospec"]["low"] is not None
+
+
+@pytest.mark.engine
+def test_the_command_runs_in_a_process_of_its_own():
+    # The one run through `python -m`: the entry point and its own engines.
+    done = subprocess.run(
+        [sys.executable, "-m", "training.evaluate", "--trace", TINY_TRACE, "--window-s", "3",
+         "--max-num-seqs", "8", "--controllers", "static:2"],
+        cwd=ROOT, env=os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}, capture_output=True,
+        text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "static:2" in done.stdout and "goodput, underSLO: tokens/s" in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -139,14 +151,14 @@ def test_old_option_spellings_still_work_with_a_deprecation_warning(capsys):
     assert "--ttft-slo is deprecated" in err
 
 
-def test_an_slo_no_request_meets_still_gives_the_table_and_the_json(tmp_path):
+@pytest.mark.engine
+def test_an_slo_no_request_meets_still_gives_the_table_and_the_json(tmp_path, capsys, live_engines):
     # Every goodput under SLO is 0: each ratio to a reference under SLO is undefined.
     out = tmp_path / "table.json"
-    args = ["--windows", "3", "--window-s", "3", "--max-num-seqs", "8",
+    args = ["--windows", "3", "--window-s", "3",
             "--controllers", "nospec,static:2,goodput", "--ttft-slo-s", "0.0001",
             "--json", str(out)]  # fmt: skip
-    done = evaluate(*args)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = evaluate(capsys, live_engines, *args)
     record = json.loads(out.read_text())
     assert record["error"] is None
     result = next(iter(record["traces"].values()))
@@ -159,8 +171,8 @@ def test_an_slo_no_request_meets_still_gives_the_table_and_the_json(tmp_path):
             "under_slo_vs_nospec": "nospec's goodput under SLO is 0",
         }
     assert result["comparisons"]["goodput"]["nospec"]["ratio"] is None
-    assert "n/a: nospec's goodput under SLO is 0" in done.stdout
-    assert "/ nospec n/a" in done.stdout
+    assert "n/a: nospec's goodput under SLO is 0" in done
+    assert "/ nospec n/a" in done
     # Every replay was logged as it finished, beside the JSON.
     logged = [json.loads(x) for x in out.with_suffix(".replays.jsonl").read_text().splitlines()]
     assert len(logged) == 9
@@ -221,7 +233,7 @@ def test_ratios_are_geometric_means_over_windows_and_the_gap_share_is_against_th
 
 
 class _FakeBench:
-    def __init__(self, env, profile, plain=False) -> None:
+    def __init__(self, env, profile, plain=False, engines=None) -> None:
         self.calls = 0
 
     def run(self, spec, workload, seed):

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.engine
 def test_the_landscape_replays_every_static_k_at_every_rate(tmp_path):
     out = tmp_path / "landscape.json"
     args = [

@@ -35,6 +35,7 @@ def train(args: list[str]) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.engine
 def test_a_short_training_run_leaves_a_usable_policy(tmp_path):
     args = [
         "--env.trace", TINY_TRACE, "--env.window-s", "4", "--train-until-s", "30",
@@ -82,6 +83,7 @@ def test_a_short_training_run_leaves_a_usable_policy(tmp_path):
     assert np.all(np.asarray(controller.metadata["obs_range"]["low"]) <= obs.vector + 1)
 
 
+@pytest.mark.engine
 def test_a_twin_run_trains_on_recorded_windows_and_evaluates_live(tmp_path):
     args = [
         "--env.trace", TINY_TRACE, "--env.window-s", "4", "--train-until-s", "30",
@@ -150,6 +152,7 @@ def test_bad_config_files(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.engine
 def test_a_terminated_run_saves_and_exports_before_exiting(tmp_path):
     args = [
         "--env.trace", TINY_TRACE, "--env.window-s", "4", "--train-until-s", "30",

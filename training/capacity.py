@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agents.registry import NAMES_HELP, parse_controller
-from envs.build import resolve
+from envs.build import EngineProvider, resolve
 from envs.config import EnvConfig
 from envs.traces import Trace, apply_replay, load_trace
 from training.bootstrap import geometric_mean, ratio_interval
@@ -117,7 +117,8 @@ def rate(capacity: Capacity, requests: int, window_s: float) -> float | None:
     return None if capacity.scale is None else requests * capacity.scale / window_s
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, engines: EngineProvider | None = None) -> int:
+    """Run the command; `engines` provides live engines instead of building them (tests)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default=None, help="a steady-state suite (training.suites)")
     p.add_argument("--trace", default="azure-conv", help="a known region, trace file or spec")
@@ -125,7 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scales", default="1,8", help="the bracket of rate scales to start from")
     add_env_flags(
         p,
-        ("window_s", "max_input_tokens", "max_output_tokens", "method", "k_max", "profile"),
+        (
+            "window_s",
+            "max_input_tokens",
+            "max_output_tokens",
+            "method",
+            "k_max",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_model_len",
+            "profile",
+        ),
         defaults={"window_s": 240.0, "max_output_tokens": 256},
         help={"profile": "cost profile (default: the suite's, else the method's measured table)"},
     )
@@ -144,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{profile.describe()}, {env.engine.max_num_seqs} running requests at most"
     )
     started = time.perf_counter()
-    bench = Bench(env, profile, plain=any(not s.speculates for s in specs))
+    bench = Bench(env, profile, plain=any(not s.speculates for s in specs), engines=engines)
     record: dict = {"args": vars(args), "traces": {}}
     try:
         for group in found:

@@ -412,6 +412,8 @@ ENV_FLAGS: dict[str, str] = {
     "method": "engine.method",
     "k_max": "engine.k_max",
     "max_num_seqs": "engine.max_num_seqs",
+    "max_num_batched_tokens": "engine.max_num_batched_tokens",
+    "max_model_len": "engine.max_model_len",
     "clock": "clock",
     "profile": "profile",
     "ttft_slo_s": "slo.ttft_s",

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from agents.cost import Profile
 from agents.registry import NAMES_HELP, ORACLES, ControllerSpec, parse_controller
-from envs.build import resolve
+from envs.build import EngineProvider, resolve
 from envs.config import EnvConfig
 from envs.traces import Trace, apply_replay, load_trace
 from training.cli import add_env_flags, deprecated_alias, read_env_flags
@@ -224,7 +224,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, engines: EngineProvider | None = None) -> int:
+    """Run the command; `engines` provides live engines instead of building them (tests)."""
     args = parser().parse_args(argv)
     # Everything that can be wrong is checked here, before any engine starts.
     try:
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     bench = None
     try:
-        bench = Bench(env, plan.profile, plain=any(not s.speculates for s in plan.specs))
+        plain = any(not s.speculates for s in plan.specs)
+        bench = Bench(env, plan.profile, plain=plain, engines=engines)
         evaluate(bench, plan.entries, seed=args.seed, rotate=env.clock == "wall", log=log)
     except KeyboardInterrupt:
         status, error = 130, "interrupted"

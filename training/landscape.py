@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from agents.registry import parse_controller
-from envs.build import resolve
+from envs.build import EngineProvider, resolve
 from envs.traces import apply_replay, load_trace
 from training.cli import add_env_flags, read_env_flags
 from training.evaluation.runs import Entry, Run, Sample, evaluate, replays_path
@@ -29,7 +29,8 @@ from training.replays import Bench
 from training.suites import REGIONS
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, engines: EngineProvider | None = None) -> int:
+    """Run the command; `engines` provides live engines instead of building them (tests)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_env_flags(
         p,
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         f"TPOT {env.slo.tpot_s:g} s; {args.trace}, {args.windows} windows of {args.window_s:g} s"
     )
     started = time.perf_counter()
-    bench = Bench(env, profile, plain=True)
+    bench = Bench(env, profile, plain=True, engines=engines)
     try:
         evaluate(bench, entries, seed=args.seed, rotate=False, log=replays_path(args.json))
     finally:

@@ -19,7 +19,7 @@ from agents.controller import Controller
 from agents.cost import Profile, load_profile
 from agents.features import FeatureBuilder, FeatureConfig
 from agents.registry import ControllerContext, ControllerSpec, build_controller
-from envs.build import ReplaySetup, build_replay, resolve
+from envs.build import EngineProvider, ReplaySetup, build_replay, resolve
 from envs.build import plain as plain_env
 from envs.config import EnvConfig
 from envs.replayer import WorkloadReplayer, requests_key
@@ -101,13 +101,15 @@ class Bench:
         *,
         plain: bool = False,
         source: TableSource | None = None,
+        engines: EngineProvider | None = None,
     ) -> None:
         """Build the speculating engine (and, with `plain`, one without speculation) for
         `env`, as `envs.build.resolve` returned it, and warm them up.
 
         With `env.twin` both are twins on the model clock: the speculating one's tables and
         limits come from `source` (the caller's; by default the user's cache), the plain
-        one needs limits only (read once from a live plain engine, then cached).
+        one needs limits only (read once from a live plain engine, then cached). `engines`
+        provides the live engines (a test session's) instead of building them.
         """
         if env.twin and env.clock != "model":
             raise ValueError("a twin bench runs the speculating engine on the model clock only")
@@ -126,7 +128,9 @@ class Bench:
         self.setups: dict[bool, ReplaySetup] = {}
         try:
             for speculates, (config, cost_profile) in plans.items():
-                setup = build_replay(config, cost_profile, source=source if speculates else None)
+                setup = build_replay(
+                    config, cost_profile, source=source if speculates else None, engines=engines
+                )
                 self.setups[speculates] = setup
                 setup.engine.warm_up()
         except BaseException:

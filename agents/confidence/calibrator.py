@@ -102,7 +102,7 @@ class Calibrator:
         rows = x[:observed]
         labels = np.zeros(observed)
         labels[: min(accepted, observed)] = 1.0
-        p = self.probabilities(rows)
+        p = self.slot_probabilities(rows, np.arange(observed))
         w = p * (1.0 - p)
         residual = labels - p
         design = np.concatenate([rows, np.eye(self.k_max)[:observed]], axis=1)
