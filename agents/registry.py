@@ -175,9 +175,7 @@ def build_controller(spec: ControllerSpec, context: ControllerContext) -> Contro
         )
     if spec.kind in ("adaptive-verification", "slo-verification"):
         slo = (context.ttft_slo_s, context.tpot_slo_s) if spec.kind == "slo-verification" else None
-        return AdaptiveVerification(
-            profile.cost, context.k_max, context.max_num_batched_tokens, slo=slo
-        )
+        return AdaptiveVerification(profile.cost, context.k_max, slo=slo)
     if spec.kind == "goodput-confidence":
         return ConfidenceGoodput(profile.cost, context.k_max, context.max_num_seqs)
     if spec.kind == "vllm-schedule":

@@ -6,11 +6,17 @@ call timed separately over observations drawn within the feature bounds. Prints 
 p99 in microseconds against the 20 us target for the median.
 
     python -m benchmarks.decision_time [--policy DIR] [--calls 20000]
+    python -m benchmarks.decision_time --verification [--profile a100-llama3-8b]
 
 Without --policy, a freshly initialised SB3 PPO MlpPolicy (default net_arch: two 64-unit tanh
 layers) over `feature_names()` with k_max 4 is exported to a temporary directory first
 (--offset-max M: a residual one, offsets -M..+M). A residual policy's time includes its base,
 the goodput controller.
+
+`--verification` times the confidence-ranked controllers instead (`adaptive-verification`,
+`slo-verification`, `goodput-confidence`; each sees the drafts, then decides) at 256 running
+requests holding k_max drafts each with random confidences, priced by a GPU preset, beside
+that preset's step time at the same batch (the target: at most 2% of it).
 """
 
 from __future__ import annotations
@@ -105,12 +111,60 @@ def time_calls(decide: Callable[[Observation], object], obs: list[Observation], 
     return statistics.median(samples) / 1e3, samples[int(0.99 * (calls - 1))] / 1e3
 
 
+def verification_decisions(profile_name: str, running: int, calls: int) -> None:
+    """Median and p99 of see_drafts + decide of the confidence-ranked controllers at
+    `running` requests, beside the profile's step time at that batch."""
+    from agents.adaptive import AdaptiveVerification, ConfidenceGoodput
+    from agents.cost import StepLoad, load_profile
+    from agents.records import DraftView
+
+    profile = load_profile(profile_name, method="ngram")
+    rng = np.random.default_rng(0)
+    views = [
+        DraftView(f"r{i}", 200, 600, (7,) * K_MAX, None, tuple(rng.uniform(0.2, 0.95, K_MAX)))
+        for i in range(running)
+    ]
+    # The shortest step at that batch (no drafts verified): the share is at most this one.
+    step = profile.cost.seconds(StepLoad.uniform(running, 0, 600))
+    config = FeatureConfig(K_MAX, running, 2048, 0.5, 0.03)
+    obs = [dataclasses.replace(FeatureBuilder(config).build(), now=10.0, num_running=running)]
+    controllers = (
+        AdaptiveVerification(profile.cost, K_MAX),
+        AdaptiveVerification(profile.cost, K_MAX, slo=(0.5, 0.03)),
+        ConfidenceGoodput(profile.cost, K_MAX, running),
+    )
+    print(
+        f"{running} running requests, {K_MAX} drafts each, {profile_name}: a step at k = "
+        f"{K_MAX} takes {step * 1e3:.1f} ms; target: 2% of it, {step * 20:.2f} ms\n"
+    )
+    print("controller              median ms  p99 ms  share of the step")
+    for controller in controllers:
+
+        def decide(o, c=controller):
+            c.see_drafts(views, 0)
+            return c.decide(o)
+
+        median, p99 = time_calls(decide, obs, calls)
+        print(
+            f"{controller.name:<22}  {median / 1e3:9.3f}  {p99 / 1e3:6.3f}  "
+            f"{median / 1e6 / step:8.1%}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", type=Path, help="an exported policy directory")
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--offset-max", type=int, default=0, help="fresh residual policy")
+    parser.add_argument(
+        "--verification", action="store_true", help="time the confidence-ranked controllers instead"
+    )
+    parser.add_argument("--profile", default="a100-llama3-8b", help="with --verification")
+    parser.add_argument("--running", type=int, default=256, help="with --verification")
     args = parser.parse_args()
+    if args.verification:
+        verification_decisions(args.profile, args.running, min(args.calls, 500))
+        return
 
     config = FeatureConfig(
         k_max=K_MAX,

@@ -30,7 +30,7 @@ def test_survival_is_the_running_product_and_the_best_slots_are_prefixes():
 
 
 def controller(cost, **kwargs) -> AdaptiveVerification:
-    return AdaptiveVerification(cost, 4, 2048, **kwargs)
+    return AdaptiveVerification(cost, 4, **kwargs)
 
 
 def test_cheap_verification_admits_every_likely_slot_and_dear_verification_none():
