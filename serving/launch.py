@@ -84,8 +84,9 @@ def build_parser():
     choice.add_argument(
         "--controller",
         help="any controller name instead: goodput (used when arguments but no --policy are "
-        "given), "
-        "goodput-per-request, static:K, vllm-schedule, nospec, guarded:DIR",
+        "given), goodput-confidence, adaptive-verification, slo-verification (confidence-"
+        "ranked draft slots; synchronous scheduling), goodput-per-request, static:K, "
+        "vllm-schedule, nospec, guarded:DIR",
     )
     group.add_argument(
         "--profile",

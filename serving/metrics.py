@@ -19,6 +19,26 @@ K_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 12, 16)
 """Histogram bounds for k: one bucket per value up to 6 (k_max is 4 by default), then coarser."""
 
 
+BUDGET_BUCKETS = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+"""Histogram bounds for a verification budget (draft slots admitted in a step)."""
+
+
+@functools.cache
+def _per_request() -> tuple[Histogram, Histogram]:
+    k_per_request = Histogram(
+        "turbospec:k_per_request",
+        "Speculation length each decoding request was allowed, one observation per request "
+        "per engine step (per-request controllers give requests different k).",
+        buckets=K_BUCKETS,
+    )
+    budget = Histogram(
+        "turbospec:verification_budget",
+        "Draft slots a confidence-ranked controller admitted for verification, per step.",
+        buckets=BUDGET_BUCKETS,
+    )
+    return k_per_request, budget
+
+
 @functools.cache
 def _metrics() -> tuple[Histogram, Counter, Counter, Gauge, Gauge]:
     # Created once per process: prometheus_client refuses to register a name twice.
@@ -60,6 +80,7 @@ class ControllerMetrics:
     def __init__(self, controller_name: str) -> None:
         """Start exporting for the controller named `controller_name`."""
         self.k_chosen, self.switches, self.fallback_steps, self._info, self._scheduler = _metrics()
+        self.k_per_request, self.budget = _per_request()
         self.controller_name = controller_name
         self._deciding: str | None = None
         self._fallback_counts: dict[str, int] = {}
@@ -89,7 +110,14 @@ class ControllerMetrics:
                 self.fallback_steps.labels(reason).inc(new)
                 self._fallback_counts[reason] = total
 
-    def step(self, record: StepRecord) -> None:
-        """Observe one engine step's k (steps that scheduled nothing are skipped)."""
-        if record.batch_size:
-            self.k_chosen.observe(record.k)
+    def step(self, record: StepRecord, budget: int | None = None) -> None:
+        """Observe one engine step's k, each decoding request's k, and the verification
+        budget a confidence-ranked controller chose (steps that scheduled nothing skipped)."""
+        if not record.batch_size:
+            return
+        self.k_chosen.observe(record.k)
+        for request in record.requests:
+            if not request.prefill_tokens:
+                self.k_per_request.observe(request.k)
+        if budget is not None:
+            self.budget.observe(budget)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from agents.adaptive import AdaptiveVerification
 from agents.controller import Controller
 from agents.cost import load_profile
 from agents.features import FeatureBuilder, FeatureConfig
@@ -130,7 +131,9 @@ class ServedControl:
         controller.on_switch = on_switch
 
     def _export(self, record: StepRecord) -> None:
-        self.metrics.step(record)
+        controller = self.controller
+        budget = controller.last_budget if isinstance(controller, AdaptiveVerification) else None
+        self.metrics.step(record, budget)
         if isinstance(self.controller, GuardedController):
             self.metrics.fallback_counts(self.controller.counts)
 

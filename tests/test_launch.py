@@ -51,6 +51,8 @@ def test_policy_and_controller_options():
     assert settings_of(parse_args(["--policy", "some/dir"])).controller == "guarded:some/dir"
     static = parse_args(["--controller", "static:2", "--ttft-slo-s", "2.5"])
     assert settings_of(static) == ControllerSettings("static:2", ttft_slo_s=2.5)
+    adaptive = parse_args(["--controller", "adaptive-verification"])
+    assert settings_of(adaptive).controller == "adaptive-verification"
     plain = parse_args(["--controller", "nospec"])
     assert plain.speculative_config is None
     assert settings_of(plain).controller == "nospec"

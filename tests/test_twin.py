@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import envs  # noqa: F401  (registers SpecDecodeTwin-v0)
+from agents.adaptive import AdaptiveVerification, ConfidenceGoodput
+from agents.confidence import shipped_calibrator
 from agents.features import FeatureBuilder, FeatureConfig
 from agents.goodput import GoodputController
 from agents.oracle import StepOracle
@@ -166,16 +168,23 @@ def test_the_twin_repeats_a_live_window_step_by_step(engine, table):
     assert live_replayer.ledger.metrics() == twin_replayer.ledger.metrics()
     assert engine.outputs == twin.outputs
 
-    # Controllers inside the engine, the oracle peeking at the drafts: the same again.
+    # Controllers inside the engine, the oracle peeking at the drafts, and controllers of the
+    # drafts' confidence (scored by the shipped calibrator, refined online): the same again.
     outputs = dict(engine.outputs)
     for make in (
         lambda: GoodputController(COST, engine.k_max, engine.config.max_num_seqs),
         lambda: StepOracle(COST, engine.k_max, outputs, per_request=True),
+        lambda: AdaptiveVerification(COST, engine.k_max),
+        lambda: ConfidenceGoodput(COST, engine.k_max, engine.config.max_num_seqs),
     ):
         live = replay(live_replayer, controller=make(), features=features_of(engine))
         mirrored = replay(twin_replayer, controller=make(), features=features_of(twin))
         assert comparable(live) == comparable(mirrored)
         assert len({r.k for r in live}) > 1
+    confident = [q for r in live for q in r.requests if q.confidence]
+    if shipped_calibrator(engine.config.method, engine.k_max) is not None:
+        assert len(confident) > 20
+        assert all(len(q.confidence) == q.proposed and min(q.confidence) > 0 for q in confident)
 
 
 def test_the_twin_repeats_the_plain_engine_step_by_step(_engines):
