@@ -154,7 +154,9 @@ def test_a_bad_policy_serves_with_the_analytic_controller(kind, tmp_path):
     assert metric(metrics, "turbospec:controller_info", deciding="fallback") == 1
 
 
-def test_a_controller_raising_mid_serving_falls_back_and_requests_complete(tmp_path):
+def test_a_raising_controller_falls_back_and_sigterm_then_drains_the_streams(tmp_path):
+    # Two faults on one server: the policy's inference raises mid-serving (the fallback takes
+    # over and every request completes), then SIGTERM arrives with streams in flight.
     args = [
         "--policy", str(SHIPPED_POLICY),
         "--scheduler-cls", "tests.serving_faults.RaisingPolicyScheduler",
@@ -162,26 +164,31 @@ def test_a_controller_raising_mid_serving_falls_back_and_requests_complete(tmp_p
     requests = [
         {"prompt": f"def f{i}(x):\n", "max_tokens": 48, "stream": i % 2 == 0} for i in range(24)
     ]
-    with ServerProcess(args, log_path=tmp_path / "server.log") as server:
+    server = ServerProcess(args, log_path=tmp_path / "server.log")
+    try:
+        server.wait_ready()
         answers = run_load(server.url, requests, clients=12)
         metrics = server.metrics()
         log = server.log()
-    for answer in answers:
-        assert answer.status == 200, answer.error
-        assert answer.completion_tokens == 48
-    assert "policy inference failed" in log and "injected inference fault" in log
-    assert metric(metrics, "turbospec:controller_switches_total", reason="inference_error") == 1
-    fallbacks = metric(metrics, "turbospec:fallback_decisions_total", reason="inference_error")
-    steps = metric(metrics, "turbospec:k_chosen_count")
-    # The policy decided the first steps, the fallback every step after the fault.
-    assert fallbacks > 0
-    assert steps >= serving_faults.RAISE_FROM + fallbacks - 1
-    assert metric(metrics, "turbospec:controller_info", deciding="fallback") == 1
+        for answer in answers:
+            assert answer.status == 200, answer.error
+            assert answer.completion_tokens == 48
+        assert "policy inference failed" in log and "injected inference fault" in log
+        assert metric(metrics, "turbospec:controller_switches_total", reason="inference_error") == 1
+        fallbacks = metric(metrics, "turbospec:fallback_decisions_total", reason="inference_error")
+        steps = metric(metrics, "turbospec:k_chosen_count")
+        # The policy decided the first steps, the fallback every step after the fault.
+        assert fallbacks > 0
+        assert steps >= serving_faults.RAISE_FROM + fallbacks - 1
+        assert metric(metrics, "turbospec:controller_info", deciding="fallback") == 1
+        _sigterm_lets_streams_in_flight_finish(server)
+    finally:
+        server.stop(timeout_s=90)
 
 
-def test_sigterm_lets_requests_in_flight_finish_and_exits_0(tmp_path):
-    server = ServerProcess(["--controller", "goodput"], log_path=tmp_path / "server.log")
-    server.wait_ready()
+def _sigterm_lets_streams_in_flight_finish(server: ServerProcess) -> None:
+    """SIGTERM with eight streams in flight: each runs to its end (or ends cleanly), and the
+    server exits 0."""
     results: dict[int, tuple[int, list[str]] | Exception] = {}
     streaming = threading.Barrier(9, timeout=120)
 
