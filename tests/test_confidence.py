@@ -43,8 +43,10 @@ def test_the_fit_recovers_the_model_and_is_calibrated():
     weights, intercepts = [1.5, -0.7], [0.8, 0.3, -0.2, -0.6]
     x, slot, label = synthetic_slots(40_000, weights, intercepts)
     fitted = Calibrator.fit("ngram", ("a", "b"), x, slot, label, 4)
-    assert fitted.weights == pytest.approx(weights, abs=0.06)
-    assert fitted.intercepts == pytest.approx(intercepts, abs=0.06)
+    # The features' own slopes, and nothing on their squares and product.
+    assert fitted.weights[:2] == pytest.approx(weights, abs=0.06)
+    assert fitted.weights[2:] == pytest.approx([0.0, 0.0, 0.0], abs=0.06)
+    assert fitted.intercepts == pytest.approx(intercepts, abs=0.1)
     prob = fitted.slot_probabilities(x, slot)
     assert calibration_error(prob, label) < 0.02
     assert auc(prob, label) > 0.75
@@ -57,7 +59,7 @@ def test_the_fit_recovers_the_model_and_is_calibrated():
 
 def test_online_refinement_moves_toward_what_verification_shows():
     # Start from a calibrator that trusts every draft; the target accepts one in five.
-    optimist = Calibrator("ngram", ("a",), [0.0], [2.0, 2.0], refit_every=64)
+    optimist = Calibrator("ngram", ("a",), [0.0, 0.0], [2.0, 2.0], refit_every=64)
     start = optimist.probabilities(np.zeros((2, 1)))[0]
     rng = np.random.default_rng(1)
     for _ in range(400):
@@ -66,16 +68,17 @@ def test_online_refinement_moves_toward_what_verification_shows():
     end = optimist.probabilities(np.zeros((2, 1)))[0]
     assert start > 0.85 and end < 0.45
     # Without refinement nothing moves.
-    fixed = Calibrator("ngram", ("a",), [0.0], [2.0, 2.0], refit_every=0)
+    fixed = Calibrator("ngram", ("a",), [0.0, 0.0], [2.0, 2.0], refit_every=0)
     fixed.observe(np.zeros((2, 1)), verified=2, accepted=0)
     assert fixed.intercepts.tolist() == [2.0, 2.0]
 
 
 def test_files_round_trip_and_bad_ones_are_refused(tmp_path):
-    calibrator = Calibrator("ngram", FEATURES, [0.5, 0.6, 5.0], [-6, -5.5, -5.3, -5.1])
+    weights = [0.5, 0.6, 5.0, 0.0, 0.1, 0.0, 0.2, 0.0, 0.0]  # features, squares, products
+    calibrator = Calibrator("ngram", FEATURES, weights, [-6, -5.5, -5.3, -5.1])
     path = calibrator.save(tmp_path / "ngram.json", command="test")
     loaded = Calibrator.load(path, method="ngram", k_max=4)
-    assert loaded.weights.tolist() == [0.5, 0.6, 5.0] and loaded.k_max == 4
+    assert loaded.weights.tolist() == weights and loaded.k_max == 4
     assert Calibrator.load(path, method="ngram", k_max=2).k_max == 2
     with pytest.raises(CalibratorError, match="scores 4 draft positions, the engine drafts 6"):
         Calibrator.load(path, method="ngram", k_max=6)
@@ -84,12 +87,12 @@ def test_files_round_trip_and_bad_ones_are_refused(tmp_path):
     with pytest.raises(CalibratorError, match="no calibrator at"):
         Calibrator.load(tmp_path / "none.json", method="ngram", k_max=4)
     (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(CalibratorError, match="is not a turbospec-calibrator/1 file"):
+    with pytest.raises(CalibratorError, match=f"is not a {FORMAT} file"):
         Calibrator.load(tmp_path / "bad.json", method="ngram", k_max=4)
     (tmp_path / "cut.json").write_text(json.dumps({"format": FORMAT, "method": "ngram"}))
     with pytest.raises(CalibratorError, match="is malformed"):
         Calibrator.load(tmp_path / "cut.json", method="ngram", k_max=4)
-    with pytest.raises(CalibratorError, match="2 weights for 3 features"):
+    with pytest.raises(CalibratorError, match=r"2 weights for 3 features \(9 terms\)"):
         Calibrator("ngram", FEATURES, [1.0, 2.0], [0.0])
 
 
