@@ -43,13 +43,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
-import numpy as np
 from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 
 from agents.confidence import shipped_calibrator
-from agents.confidence.ngram import slot_features as ngram_slot_features
+from agents.confidence.ngram import Contexts
 from agents.controller import Controller
 from agents.cost import CostModel
 from agents.features import FeatureBuilder
@@ -102,9 +101,9 @@ class SpecControlHook:
         speculative = self.vllm_config.speculative_config
         self.method: str | None = speculative.method if speculative is not None else None
         """The speculation method (ngram, draft_model, ...), None without speculation."""
-        self._lookup = (
-            (speculative.prompt_lookup_min, speculative.prompt_lookup_max)
-            if self.method == "ngram"
+        self._contexts = (
+            Contexts(self.k_max, speculative.prompt_lookup_min, speculative.prompt_lookup_max)
+            if self.method == "ngram" and self.k_max
             else None
         )
         if self.k_max > 0 and self.method is not None:
@@ -327,6 +326,8 @@ class SpecControlHook:
         for rid, held in step.held.items():
             if held.request.is_finished():
                 self._names.pop(rid, None)
+                if self._contexts is not None:
+                    self._contexts.forget(rid)
         return record
 
     def _prefill_waiting(self) -> int:
@@ -340,33 +341,37 @@ class SpecControlHook:
 
     def _draft_views(self) -> list[DraftView]:
         """Every running request past its prompt, with the drafts it holds and their slot
-        features (ngram: from its token ids, `agents.confidence.ngram`; a draft model: as its
-        proposer computed them, `serving.draft_confidence`)."""
+        features (ngram: from its token ids, `agents.confidence.ngram`, all requests in one
+        call; a draft model: as its proposer computed them, `serving.draft_confidence`)."""
+        decoding = [r for r in self.running if r.num_computed_tokens >= r.num_prompt_tokens]
+        features: list = [None] * len(decoding)
+        if self._contexts is not None:
+            drafting = [i for i, r in enumerate(decoding) if r.spec_token_ids]
+            scored = self._contexts.score(
+                [
+                    (decoding[i].request_id, decoding[i].all_token_ids, decoding[i].spec_token_ids)
+                    for i in drafting
+                ]
+            )
+            for i, row in zip(drafting, scored, strict=True):
+                features[i] = row
+        elif self.draft_confidence is not None:
+            features = [
+                self.draft_confidence.features(r.request_id) if r.spec_token_ids else None
+                for r in decoding
+            ]
         return [
             DraftView(
                 self._names.get(r.request_id, r.request_id),
                 r.num_output_tokens,
                 r.num_computed_tokens,
                 tuple(r.spec_token_ids),
-                self._slot_features(r),
+                f,
             )
-            for r in self.running
-            if r.num_computed_tokens >= r.num_prompt_tokens
+            for r, f in zip(decoding, features, strict=True)
         ]
-
-    def _slot_features(self, request: Request) -> np.ndarray | None:
-        if not request.spec_token_ids:
-            return None
-        if self.draft_confidence is not None:
-            return self.draft_confidence.features(request.request_id)
-        if self._lookup is None:
-            return None
-        return ngram_slot_features(
-            np.asarray(request.all_token_ids, dtype=np.int32),
-            np.asarray(request.spec_token_ids, dtype=np.int32),
-            *self._lookup,
-            self.k_max,
-        )
 
     def _forget(self, rid: str) -> None:
         self.control.forget(self._names.pop(rid, rid))
+        if self._contexts is not None:
+            self._contexts.forget(rid)
