@@ -34,7 +34,20 @@ def main(argv: list[str] | None = None, engines: EngineProvider | None = None) -
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_env_flags(
         p,
-        ("trace", "window_s", "method", "k_max", "max_num_seqs", "clock", "profile", "twin"),
+        (
+            "trace",
+            "window_s",
+            "max_input_tokens",
+            "max_output_tokens",
+            "method",
+            "k_max",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_model_len",
+            "clock",
+            "profile",
+            "twin",
+        ),
         defaults={"trace": "azure-conv", "window_s": 20.0},
         help={"trace": f"a trace file, a synthetic: spec, or a known region: {', '.join(REGIONS)}"},
     )

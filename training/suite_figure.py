@@ -83,8 +83,9 @@ def title(record: dict) -> str:
     return f"{suite} suite: {args['method']}, profile {profile}, {args['clock']} clock, {where}"
 
 
-def plot(records: list[dict], out: Path) -> None:
-    """One bar panel per record."""
+def plot(records: list[dict], out: Path, only: list[str] | None = None, log: bool = False) -> None:
+    """One bar panel per record (the series in `only`, in that order, if given; a log axis
+    with `log`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,6 +95,8 @@ def plot(records: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(len(records), 1, figsize=(11, 3.6 * len(records)), squeeze=False)
     for ax, record in zip(axes[:, 0], records, strict=True):
         found = series(record)
+        if only:
+            found = {name: found[name] for name in only if name in found}
         labels = list(record["traces"])
         width = 0.8 / max(len(found), 1)
         x = np.arange(len(labels))
@@ -117,6 +120,8 @@ def plot(records: list[dict], out: Path) -> None:
                 elinewidth=0.8,
             )
         ax.axhline(1.0, color="black", linewidth=0.8)
+        if log:
+            ax.set_yscale("log")
         ax.set_xticks(x, labels)
         ax.set_ylabel("under SLO / goodput ctrl")
         ax.set_title(title(record), fontsize=10)
@@ -138,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("suites", nargs="+", type=Path, help="training.evaluate --json files")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    p.add_argument(
+        "--series",
+        default=None,
+        help="comma-separated series to draw, in order (controller names, 'best static k', "
+        "'nospec'); default: all",
+    )
+    p.add_argument("--log", action="store_true", help="a logarithmic ratio axis")
     args = p.parse_args(argv)
     records = []
     for path in args.suites:
@@ -150,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path} is not a training.evaluate --json file ({err})", file=sys.stderr)
             return 2
         records.append(record)
-    plot(records, args.out)
+    plot(records, args.out, args.series.split(",") if args.series else None, args.log)
     print(f"wrote {args.out}")
     return 0
 
