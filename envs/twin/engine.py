@@ -91,16 +91,6 @@ class TwinEngine:
         self.control.cost_model = cost_model
 
     @property
-    def controller(self) -> Controller | None:
-        """The attached controller, or None."""
-        return self.control.controller
-
-    @property
-    def features(self) -> FeatureBuilder | None:
-        """The attached controller's feature builder, or None."""
-        return self.control.features
-
-    @property
     def k_max(self) -> int:
         """The largest k this engine accepts (0 when no speculation is configured)."""
         return self.config.k_max
