@@ -48,6 +48,7 @@ from agents.records import DraftView, StepRecord
 
 GRID = 5
 """Budgets at which a step's time is priced exactly; between them it is interpolated."""
+
 PRIOR = 0.6
 """Per-slot acceptance assumed for drafts without a confidence (no calibrator)."""
 
@@ -74,6 +75,23 @@ def admitted(survival: np.ndarray, budget: int) -> np.ndarray:
     return counts
 
 
+def passes_cost(cost: CostModel, k_max: int) -> bool:
+    """Whether the step's price grows with its longest draft beyond the drafts verified: a
+    draft model runs one pass per draft position over the whole batch, so a request allowed
+    one more draft than the others makes every request wait a pass."""
+    load = dict(decode_context=(256,) * 8, verified=(1,) * 8)
+    return cost.seconds(StepLoad(**load, draft_len=k_max)) > cost.seconds(
+        StepLoad(**load, draft_len=1)
+    )
+
+
+def capped(survival: np.ndarray, cap: int) -> np.ndarray:
+    """The survival of the slots at positions below `cap` (the others cannot be admitted)."""
+    found = survival.copy()
+    found[:, cap:] = 0.0
+    return found
+
+
 class AdaptiveVerification:
     """Confidence-ranked draft slots admitted up to the budget of best predicted tokens per
     second (see the module); with `slo`, per second of requests within their TPOT."""
@@ -90,6 +108,9 @@ class AdaptiveVerification:
         self.k_max = k_max
         self.slo = slo
         self.name = "slo-verification" if slo is not None else "adaptive-verification"
+        self._caps = range(1, k_max + 1) if passes_cost(cost, k_max) else (k_max,)
+        """Longest drafts tried: with a draft model every cap is searched (its passes are a
+        cost the whole batch shares, which a slot's own price does not show)."""
         self.last_budget = 0
         """The budget of the last decision (slots admitted), for the metrics."""
         self.reset()
@@ -110,23 +131,33 @@ class AdaptiveVerification:
         if not views:
             self.last_budget = 0
             return Decision(0)
-        survival = survival_matrix(views, self.k_max)
+        full = survival_matrix(views, self.k_max)
         self._contexts = tuple(v.context for v in views)
-        ranked = np.sort(survival.ravel())[::-1]
-        total = int(np.count_nonzero(ranked))
-        budgets = np.unique(np.linspace(0, total, min(GRID, total + 1)).round().astype(int))
-        seconds = np.array([self._seconds(survival, b) for b in budgets])
-        everything = np.arange(total + 1)
-        step_s = np.interp(everything, budgets, seconds)
-        if self.slo is None:
-            gained = len(views) + np.concatenate(([0.0], np.cumsum(ranked[:total])))
-            budget = int(np.argmax(gained / step_s))
-        else:
-            budget = self._slo_budget(survival, step_s, obs.now)
+        best = (-np.inf, full, 0)
+        for cap in self._caps:
+            survival = capped(full, cap) if cap < self.k_max else full
+            budget, value = self._best_budget(survival, obs.now)
+            if value > best[0]:
+                best = (value, survival, budget)
+        _, survival, budget = best
         self.last_budget = budget
         counts = admitted(survival, budget)
         per_request = {v.request_id: int(c) for v, c in zip(views, counts, strict=True)}
         return Decision(int(counts.max()), per_request)
+
+    def _best_budget(self, survival: np.ndarray, now: float) -> tuple[int, float]:
+        """The best budget over these slots and its value (tokens per second, or for the SLO
+        variant, tokens less those lost to newly missed objectives per second)."""
+        ranked = np.sort(survival.ravel())[::-1]
+        total = int(np.count_nonzero(ranked))
+        budgets = np.unique(np.linspace(0, total, min(GRID, total + 1)).round().astype(int))
+        seconds = np.array([self._seconds(survival, b) for b in budgets])
+        step_s = np.interp(np.arange(total + 1), budgets, seconds)
+        if self.slo is not None:
+            return self._slo_budget(survival, step_s, now)
+        rate = (len(survival) + np.concatenate(([0.0], np.cumsum(ranked[:total])))) / step_s
+        budget = int(np.argmax(rate))
+        return budget, float(rate[budget])
 
     def observe(self, record: StepRecord) -> None:
         """Keep each running request's first-token time (the SLO-aware budget needs it)."""
@@ -155,7 +186,9 @@ class AdaptiveVerification:
         )
         return self.cost.seconds(load)
 
-    def _slo_budget(self, survival: np.ndarray, step_s: np.ndarray, now: float) -> int:
+    def _slo_budget(
+        self, survival: np.ndarray, step_s: np.ndarray, now: float
+    ) -> tuple[int, float]:
         """The budget with the most expected tokens, less the tokens of requests it pushes
         past their TPOT objective, per second (a request's expected tokens: 1 plus the
         survival of its admitted slots). Searched on a grid of `GRID` budgets, then on one as
@@ -188,7 +221,7 @@ class AdaptiveVerification:
             best = int(max(tried, key=value))
             spacing = max((high - low) // (GRID - 1), 1)
             low, high = max(best - spacing, 0), min(best + spacing, top)
-        return best
+        return best, value(best)
 
 
 class ConfidenceGoodput(GoodputController):
@@ -201,6 +234,20 @@ class ConfidenceGoodput(GoodputController):
         super().__init__(cost, k_max, max_num_seqs, **kwargs)
         self.name = "goodput-confidence"
         self._views: list[DraftView] = []
+        self._passes_cost = passes_cost(cost, k_max)
+        if self._passes_cost:
+            # Seconds per verified token with the passes fixed: the goodput controller's mean
+            # slope over k counts the draft model's extra passes too, which `_best_cap` weighs.
+            self._verify_s = tuple(
+                (
+                    cost.seconds(StepLoad.uniform(b, k_max, int(self.context)))
+                    - cost.seconds(StepLoad((int(self.context),) * b, (0,) * b, draft_len=k_max))
+                )
+                / (b * k_max)
+                if b
+                else 0.0
+                for b in range(max_num_seqs + 1)
+            )
 
     def reset(self) -> None:
         """Return alpha to the prior and forget the drafts seen."""
@@ -222,8 +269,28 @@ class ConfidenceGoodput(GoodputController):
         # survival beats what the batch produces in that time (rate is per request).
         threshold = batch * rate * self._verify_s[batch]
         survival = survival_matrix(self._views, self.k_max)
+        counts = np.count_nonzero(survival > threshold, axis=1)
+        if self._passes_cost and len(counts):
+            counts = np.minimum(counts, self._best_cap(survival, counts))
         per_request: Mapping[str, int] = {
-            v.request_id: int(np.count_nonzero(row > threshold))
-            for v, row in zip(self._views, survival, strict=True)
+            v.request_id: int(c) for v, c in zip(self._views, counts, strict=True)
         }
         return Decision(max(per_request.values(), default=k), dict(per_request) or None)
+
+    def _best_cap(self, survival: np.ndarray, counts: np.ndarray) -> int:
+        """The longest draft that gives the most predicted tokens per second, each request
+        verifying its own drafts up to it: with a draft model every request waits for the
+        longest draft's passes."""
+        contexts = tuple(v.context for v in self._views)
+        best_cap, best_rate = 0, -1.0
+        for cap in range(self.k_max + 1):
+            verified = np.minimum(counts, cap)
+            gained = len(verified) + float(
+                (survival * (np.arange(self.k_max) < verified[:, None])).sum()
+            )
+            seconds = self.cost.seconds(
+                StepLoad(contexts, tuple(verified.tolist()), draft_len=int(verified.max()))
+            )
+            if gained / seconds > best_rate:
+                best_cap, best_rate = cap, gained / seconds
+        return best_cap

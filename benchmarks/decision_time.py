@@ -111,14 +111,14 @@ def time_calls(decide: Callable[[Observation], object], obs: list[Observation], 
     return statistics.median(samples) / 1e3, samples[int(0.99 * (calls - 1))] / 1e3
 
 
-def verification_decisions(profile_name: str, running: int, calls: int) -> None:
+def verification_decisions(profile_name: str, running: int, calls: int, method: str) -> None:
     """Median and p99 of see_drafts + decide of the confidence-ranked controllers at
     `running` requests, beside the profile's step time at that batch."""
     from agents.adaptive import AdaptiveVerification, ConfidenceGoodput
     from agents.cost import StepLoad, load_profile
     from agents.records import DraftView
 
-    profile = load_profile(profile_name, method="ngram")
+    profile = load_profile(profile_name, method=method)
     rng = np.random.default_rng(0)
     views = [
         DraftView(f"r{i}", 200, 600, (7,) * K_MAX, None, tuple(rng.uniform(0.2, 0.95, K_MAX)))
@@ -161,9 +161,10 @@ def main() -> None:
     )
     parser.add_argument("--profile", default="a100-llama3-8b", help="with --verification")
     parser.add_argument("--running", type=int, default=256, help="with --verification")
+    parser.add_argument("--method", default="ngram", help="with --verification")
     args = parser.parse_args()
     if args.verification:
-        verification_decisions(args.profile, args.running, min(args.calls, 500))
+        verification_decisions(args.profile, args.running, min(args.calls, 500), args.method)
         return
 
     config = FeatureConfig(
