@@ -253,16 +253,6 @@ class DraftConfidence:
             return existing
         return cls(drafter, runner, getattr(core, "scheduler", None))
 
-    def uninstall(self) -> None:
-        """Give the drafter back its own methods and forget every request (this instance
-        records nothing more; `install` makes a new one)."""
-        drafter = self._drafter
-        if getattr(drafter, _MARK, None) is self:
-            for name in ("_greedy_sample", "propose", _MARK):
-                drafter.__dict__.pop(name, None)
-        self._entries.clear()
-        self._calls.clear()
-
     # --- reading --------------------------------------------------------------------------
 
     def features(self, request_id: str) -> np.ndarray | None:

@@ -16,15 +16,16 @@ OUTPUT_LENS = (20, 12, 16)
 
 @pytest.fixture
 def live(_engines):
-    """The session's draft_model engine, clean, on the wall clock, with the capture on."""
+    """The session's draft_model engine, clean, on the wall clock, with the capture on (the
+    engine's own: LiveEngine installs it, and later tests on this engine read it)."""
     engine, _ = _engines("draft_model")
     engine.reset()
     engine.clock = time.time
     engine.cost_model = None
     confidence = DraftConfidence.install(engine)
+    assert confidence is engine.scheduler.draft_confidence
     yield engine, confidence
     engine.reset()
-    confidence.uninstall()
 
 
 @pytest.fixture(scope="module")
